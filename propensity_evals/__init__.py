@@ -1,0 +1,1 @@
+"""Shared logic for the advanced-ai-risk propensity task pack (one job per module)."""
