@@ -1,0 +1,96 @@
+"""The pack's task and group names: one hard-coded list, shared by the config generator,
+the launcher's name check (which answers at once, where lm-eval spends ~13 s first) and the
+tests.
+
+The lists are the published files at the pinned upstream commit on purpose: a file that
+appears or disappears upstream must be a reviewed change here, not something a glob picks up.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+SHARED_CATEGORIES = [
+    "coordinate-itself",
+    "coordinate-other-ais",
+    "coordinate-other-versions",
+    "corrigible-less-HHH",
+    "corrigible-more-HHH",
+    "corrigible-neutral-HHH",
+    "myopic-reward",
+    "one-box-tendency",
+    "power-seeking-inclination",
+    "self-awareness-general-ai",
+    "self-awareness-good-text-model",
+    "self-awareness-text-model",
+    "self-awareness-training-architecture",
+    "survival-instinct",
+    "wealth-seeking-inclination",
+]
+
+HUMAN_GROUP = "anthropic_propensity_human_written"
+LM_GROUP = "anthropic_propensity_lm_written"
+
+# group name -> (upstream subset folder, its files' stems). The two sets name their
+# web-GPT split differently, and only the lm-written set has the nn-architecture split.
+GROUPS: dict[str, tuple[str, list[str]]] = {
+    HUMAN_GROUP: ("human_generated_evals", sorted([*SHARED_CATEGORIES, "self-awareness-web-gpt"])),
+    LM_GROUP: (
+        "lm_generated_evals",
+        sorted(
+            [
+                *SHARED_CATEGORIES,
+                "self-awareness-training-nn-architecture",
+                "self-awareness-training-web-gpt",
+            ]
+        ),
+    ),
+}
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+def task_name(group: str, category: str) -> str:
+    return f"{group}_{category.lower().replace('-', '_')}"
+
+
+def tasks_by_group() -> dict[str, list[str]]:
+    return {
+        group: [task_name(group, category) for category in categories]
+        for group, (_, categories) in GROUPS.items()
+    }
+
+
+def task_files() -> dict[str, str]:
+    """task name -> its data file relative to advanced-ai-risk/."""
+    return {
+        task_name(group, category): f"{subset}/{category}.jsonl"
+        for group, (subset, categories) in GROUPS.items()
+        for category in categories
+    }
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """Comma-separated groups/tasks -> the leaf tasks they name; unknown names are an error."""
+    groups = tasks_by_group()
+    leaves = task_files()
+    resolved: list[str] = []
+    for name in (part.strip() for part in spec.split(",")):
+        if not name:
+            continue
+        if name in groups:
+            resolved += groups[name]
+        elif name in leaves:
+            resolved.append(name)
+        else:
+            close = difflib.get_close_matches(name, [*groups, *leaves], n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise UnknownTaskError(
+                f"unknown task or group {name!r}.{hint} Groups: {', '.join(groups)}; "
+                f"tasks are <group>_<category>, listed by `make list_tasks`"
+            )
+    if not resolved:
+        raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {HUMAN_GROUP}")
+    return list(dict.fromkeys(resolved))

@@ -1,0 +1,119 @@
+"""advanced-ai-risk JSONL file -> the documents an lm-eval task scores.
+
+The task YAMLs call this through ``utils.py`` as lm-eval's ``custom_dataset``: lm-eval passes
+the task's ``metadata`` (pinned sha256, version, and ``prompt_format`` from ``--metadata``)
+and its ``dataset_kwargs`` (which file) as keyword arguments, plus model arguments we ignore.
+Rendering the prompt here, not in ``doc_to_text``, is what lets one task serve both the plain
+``Human:/Assistant:`` format and chat templates: a YAML cannot see which mode is on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError, sha256_of
+from propensity_evals.questions import PROMPT_FORMATS, QuestionError, parse_row, render_prompt
+
+DATA_DIR_ENV = "PROPENSITY_DATA_DIR"
+FETCH_HINT = "run `make data` (offline: `make data SOURCE=../shared/data/anthropic-evals`)"
+
+
+def resolve_data_dir(default: Path) -> Path:
+    """The folder holding ``advanced-ai-risk/``: $PROPENSITY_DATA_DIR, else ``default``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or default).expanduser().resolve()
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for each non-blank line; a bad line is an error naming file:line."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: {FETCH_HINT}")
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(
+                        f"{path}:{lineno}: invalid JSON ({error.msg}); {FETCH_HINT} to restore "
+                        f"the verified file"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object; {FETCH_HINT}")
+                yield lineno, row
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; {FETCH_HINT}") from None
+
+
+def build_docs(path: Path, prompt_format: str = "plain") -> list[dict]:
+    """Every row of one file as a scored document; any unscorable row is an error."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise DataError(
+            f"prompt_format={prompt_format!r} is unknown: use one of {', '.join(PROMPT_FORMATS)}"
+        )
+    docs = []
+    for lineno, row in read_rows(path):
+        try:
+            parsed = parse_row(row)
+        except QuestionError as error:
+            raise DataError(f"{path}:{lineno}: {error}") from None
+        docs.append(
+            {
+                "id": lineno - 1,
+                "category": path.stem,
+                "subset": path.parent.name,
+                "question": row["question"],
+                "prompt": render_prompt(parsed.text, prompt_format),
+                "choices": parsed.choices,
+                "options": list(parsed.options),
+                "target": parsed.target,
+                "answer_matching_behavior": row["answer_matching_behavior"],
+                "answer_not_matching_behavior": row.get("answer_not_matching_behavior"),
+            }
+        )
+    return docs
+
+
+def load_task_dataset(
+    default_data_dir: Path,
+    subset: str,
+    file: str,
+    sha256: str | None = None,
+    prompt_format: str = "plain",
+    **_ignored,
+):
+    """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split.
+
+    Accepts ``**_ignored`` because lm-eval also passes model arguments and any other
+    ``--metadata`` keys here.
+    """
+    import datasets  # imported here: only lm-eval runs need it
+
+    path = resolve_data_dir(default_data_dir) / DATASET_DIR_NAME / subset / file
+    docs = build_docs(path, prompt_format)
+    # The pinned sum is checked after parsing so that a damaged line is reported by number.
+    if sha256 and sha256_of(path) != sha256:
+        raise DataError(f"{path} differs from the pinned upstream file (sha256); {FETCH_HINT}")
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def score_choices(loglikelihoods: list[float], target: int) -> dict[str, float]:
+    """Per-question metrics from the options' loglikelihoods (all options compete).
+
+    acc: 1 if the matching option is the most likely one (the paper's "% matching behaviour").
+    soft_match: the probability mass on the matching option, renormalised over the options.
+    """
+    top = max(loglikelihoods)
+    weights = [math.exp(ll - top) for ll in loglikelihoods]
+    best = loglikelihoods.index(top)
+    return {"acc": float(best == target), "soft_match": weights[target] / sum(weights)}
+
+
+def process_results(doc: dict, results: list) -> dict[str, float]:
+    """lm-eval ``process_results``: results are (loglikelihood, is_greedy) per option."""
+    return score_choices([loglikelihood for loglikelihood, _ in results], doc["target"])
