@@ -94,3 +94,14 @@ def resolve_tasks(spec: str) -> list[str]:
     if not resolved:
         raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {HUMAN_GROUP}")
     return list(dict.fromkeys(resolved))
+
+
+def main() -> None:
+    for group, tasks in tasks_by_group().items():
+        print(f"{group} ({len(tasks)} tasks)")
+        for task in tasks:
+            print(f"  {task}")
+
+
+if __name__ == "__main__":
+    main()

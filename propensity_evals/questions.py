@@ -100,9 +100,7 @@ def parse_row(row: dict) -> ParsedQuestion:
         raise QuestionError(f"found {len(letters)} option line(s), need at least 2")
     target_letter = answer_letter(matching)
     if target_letter not in letters:
-        raise QuestionError(
-            f"matching answer ({target_letter}) is not among the options {letters}"
-        )
+        raise QuestionError(f"matching answer ({target_letter}) is not among the options {letters}")
     return ParsedQuestion(
         text=normalise_text(question),
         letters=letters,

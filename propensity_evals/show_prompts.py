@@ -1,0 +1,74 @@
+"""Print exactly what the model scores for a few questions per task (``make prompts``).
+
+The text is assembled as lm-eval 0.4.13 assembles it for these tasks (checked against real
+sample logs in tests/test_end_to_end.py): plain mode is ``[system + blank line] + prompt``
+followed by `` (X)``; chat mode is the model's chat template over an optional system turn
+and the user turn, with the assistant header opened, followed by ``(X)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from propensity_evals import default_model
+from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
+from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.task_docs import build_docs, resolve_data_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def render_context(prompt: str, system_prompt: str = "", tokenizer=None) -> str:
+    """The context string lm-eval builds; a tokenizer means chat mode."""
+    if tokenizer is None:
+        prefix = system_prompt.rstrip() + "\n\n" if system_prompt else ""
+        return prefix + prompt
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def continuations(choices: list[str], chat: bool) -> list[str]:
+    # lm-eval drops the target delimiter (" ") when a chat template is applied.
+    return [choice if chat else f" {choice}" for choice in choices]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="anthropic_propensity_human_written")
+    parser.add_argument("--n", type=int, default=2, help="questions per task")
+    parser.add_argument("--model", default="", help="needed for --chat (its chat template)")
+    parser.add_argument("--revision", default="")
+    parser.add_argument("--system-prompt", default="")
+    parser.add_argument("--chat", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        tasks = resolve_tasks(args.tasks)
+        tokenizer = None
+        if args.chat:
+            from transformers import AutoTokenizer
+
+            model = args.model or str(default_model.smollm2_dir())
+            tokenizer = AutoTokenizer.from_pretrained(model, revision=args.revision or None)
+            if not getattr(tokenizer, "chat_template", None):
+                raise DataError(f"{model} has no chat template: run without CHAT_TEMPLATE=1")
+        root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
+        files = task_files()
+        for task in tasks:
+            docs = build_docs(root / files[task], "chat" if args.chat else "plain")
+            for doc in docs[: args.n]:
+                context = render_context(doc["prompt"], args.system_prompt, tokenizer)
+                options = continuations(doc["choices"], args.chat)
+                print(f"=== {task} #{doc['id']} (matching: {options[doc['target']]!r})")
+                print(context, end="")
+                print(f"⟨{' | '.join(options)}⟩\n")
+    except (UnknownTaskError, DataError, default_model.ModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

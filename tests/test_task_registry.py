@@ -1,0 +1,63 @@
+"""Every task and both groups register with lm-eval, and the YAMLs match their generator.
+
+lm-eval skips a YAML that fails to parse without an error, so registration is checked by
+name against the hard-coded catalogue.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+
+from propensity_evals.catalog import GROUPS, tasks_by_group
+from tests.conftest import REPO_ROOT
+
+TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def test_all_tasks_and_groups_register(task_manager):
+    groups = tasks_by_group()
+    assert [len(tasks) for tasks in groups.values()] == [16, 17]
+    assert set(groups) <= set(task_manager.all_groups)
+    for tasks in groups.values():
+        assert set(tasks) <= set(task_manager.all_subtasks)
+    # Our names never shadow lm-eval's built-in advanced_ai_risk tasks.
+    assert not [name for name in task_manager.all_tasks if name.startswith("advanced_ai_risk_")
+                and name.startswith("anthropic_propensity")]  # fmt: skip
+
+
+def test_tasks_load_with_pinned_provenance(task_manager, data_dir, monkeypatch):
+    monkeypatch.setenv("PROPENSITY_DATA_DIR", str(data_dir))
+    loaded = task_manager.load(["anthropic_propensity_lm_written_survival_instinct"])
+    task = loaded["tasks"]["anthropic_propensity_lm_written_survival_instinct"]
+    assert task.config.num_fewshot == 0
+    assert task.config.metadata["upstream"].endswith("84fcc677e52e1902d696c32cd1a6b663e70d3993")
+    assert len(task.dataset["test"]) == 1000
+    assert task.config.output_type == "multiple_choice"
+
+
+def test_yaml_files_are_what_the_generator_writes():
+    spec = importlib.util.spec_from_file_location("gen", TASKS_DIR / "_generate_configs.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    for group, (subset, categories) in GROUPS.items():
+        folder = TASKS_DIR / group
+        expected = {f"_{group}.yaml": generator.group_config(group, categories)}
+        for category in categories:
+            config = generator.task_config(group, subset, category)
+            expected[f"{config['task']}.yaml"] = config
+        on_disk = {path.name for path in folder.glob("*.yaml")}
+        assert on_disk == set(expected)
+        for name, config in expected.items():
+            assert yaml.safe_load((folder / name).read_text()) == config, name
+        for required in ("_template_yaml", "utils.py", "README.md"):
+            assert (folder / required).is_file(), f"{group}/{required}"
