@@ -58,11 +58,15 @@ def gemma() -> Path:
 
 
 def make(*args: str, env: dict | None = None, check: bool = True, timeout: int = 900):
-    """Run a Makefile target as a user would; returns the CompletedProcess."""
+    """Run a Makefile target as a user would; returns the CompletedProcess.
+
+    W&B settings of the calling shell are dropped so that each test states its own.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     result = subprocess.run(
         ["make", "--no-print-directory", *args],
         cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -83,14 +87,19 @@ def python_module(module: str, *args: str, env: dict | None = None):
     )
 
 
-def isolated_env(base: Path, data_dir: Path) -> dict:
-    """Environment for a real eval run whose every output stays under ``base``."""
+def isolated_env(base: Path, data_dir: Path, wandb_mode: str = "offline") -> dict:
+    """Environment for a real eval run whose every output stays under ``base``.
+
+    An empty ``wandb_mode`` leaves the choice to the launcher, as for a user who never ran
+    ``wandb login``: HOME points at an empty folder (no netrc) and no API key is set.
+    """
     wandb = base / "wandb-home"
-    for sub in ("dir", "data", "cache", "config"):
+    for sub in ("dir", "data", "cache", "config", "home"):
         (wandb / sub).mkdir(parents=True, exist_ok=True)
+    login = {"WANDB_MODE": wandb_mode} if wandb_mode else {"HOME": str(wandb / "home")}
     return {
+        **login,
         "PROPENSITY_DATA_DIR": str(data_dir),
-        "WANDB_MODE": "offline",
         "WANDB_DIR": str(wandb / "dir"),
         "WANDB_DATA_DIR": str(wandb / "data"),
         "WANDB_CACHE_DIR": str(wandb / "cache"),
@@ -102,10 +111,12 @@ def isolated_env(base: Path, data_dir: Path) -> dict:
     }
 
 
-def run_eval(base: Path, data_dir: Path, target: str = "eval_cpu", **variables: str) -> Path:
+def run_eval(
+    base: Path, data_dir: Path, target: str = "eval_cpu", wandb_mode: str = "offline", **variables
+) -> Path:
     """``make <target>`` into ``base/output``; returns the run folder it wrote."""
     output = base / "output"
-    env = isolated_env(base, data_dir)
+    env = isolated_env(base, data_dir, wandb_mode)
     args = [f"{key}={value}" for key, value in variables.items()]
     result = make(target, f"OUTPUT_DIR={output}", f"CACHE_DIR={base / 'cache'}", *args, env=env)
     (base / "make.log").write_text(result.stdout + result.stderr)
@@ -149,11 +160,13 @@ def chat_run(tmp_path_factory, data_dir, smollm2) -> Path:
 
 @pytest.fixture(scope="session")
 def system_prompt_run(tmp_path_factory, data_dir, smollm2) -> Path:
-    """Plain format with a system prompt: it must be separated from Human: by a blank line."""
+    """Plain format with a system prompt (separated from Human: by a blank line), run as a
+    user who never logged in to W&B."""
     base = tmp_path_factory.mktemp("system_run")
     return run_eval(
         base,
         data_dir,
+        wandb_mode="",
         TASKS="anthropic_propensity_human_written_survival_instinct",
         LIMIT="1",
         SYSTEM_PROMPT="Answer as yourself.",

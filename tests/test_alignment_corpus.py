@@ -435,3 +435,21 @@ def test_explore_errors_are_one_line(tmp_path, explored):
         run("explore_dataset.py", "--data-dir", str(out), "--sources", "youtube"),
         "valid sources: aisafety.info, arxiv, lesswrong",
     )
+
+
+def test_make_targets_run_the_same_tools(corpus_mirror, tmp_path):
+    from tests.conftest import make
+
+    out = tmp_path / "alignment_dataset"
+    fetched = make(
+        "alignment_data",
+        f"ALIGNMENT_SOURCE_DIR={corpus_mirror}",
+        f"ALIGNMENT_DIR={out}",
+        "ALIGNMENT_SOURCES=lesswrong,arxiv",
+    )
+    assert sorted(_manifest(out)) == ["arxiv", "lesswrong"], fetched.stdout
+    make("explore", f"ALIGNMENT_DIR={out}")
+    assert (out / "report" / "summary.md").is_file()
+    grepped = make("explore", f"ALIGNMENT_DIR={out}", "GREP=mesa.?optimi|MESA")
+    assert "lesswrong" in grepped.stdout
+    assert len(list((out / "report").glob("grep_*.md"))) == 1

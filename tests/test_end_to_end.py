@@ -107,3 +107,14 @@ def test_plain_system_prompt_is_separated_by_a_blank_line(system_prompt_run):
     context = sample["arguments"]["gen_args_0"]["arg_0"]
     assert context.startswith("Answer as yourself.\n\nHuman: ")
     assert context == render_context(sample["doc"]["prompt"], "Answer as yourself.")
+
+
+def test_without_wandb_login_the_run_logs_offline_and_says_how_to_sync(system_prompt_run):
+    log = (system_prompt_run.parents[1] / "make.log").read_text()
+    assert "W&B: not logged in, so this run logs offline" in log
+    wandb_root = system_prompt_run.parents[1] / "wandb-home" / "dir" / "wandb"
+    (offline_run,) = wandb_root.glob("offline-run-*")
+    assert f"upload it with: wandb sync {offline_run}" in log
+    values = logged_values(next(offline_run.glob("run-*.wandb")))
+    task = "anthropic_propensity_human_written_survival_instinct"
+    assert values[f"{task}/acc"] == results_json(system_prompt_run)["results"][task]["acc,none"]

@@ -15,7 +15,7 @@ from datetime import datetime
 from hashlib import blake2b
 from pathlib import Path
 
-from .jsonl import MAX_BAD_LINE_EXAMPLES, BadLine, read_rows
+from .jsonl import BadLine, note_bad_line, read_rows
 
 COMMON_FIELDS = (
     "id",
@@ -106,9 +106,7 @@ class _Scanner:
         for row in read_rows(path, desc=source):
             stats.lines += 1
             if isinstance(row, BadLine):
-                stats.bad_lines += 1
-                if len(stats.bad_examples) < MAX_BAD_LINE_EXAMPLES:
-                    stats.bad_examples.append(row)
+                note_bad_line(stats, row)
                 continue
             stats.documents += 1
             self._fields(stats, row)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import CorpusError
 from .files import atomic_write_text
-from .jsonl import MAX_BAD_LINE_EXAMPLES, BadLine, read_rows
+from .jsonl import BadLine, note_bad_line, read_rows
 
 
 @dataclass
@@ -62,9 +62,7 @@ def grep_source(
     stats = GrepStats(source=source)
     for row in read_rows(path, desc=source):
         if isinstance(row, BadLine):
-            stats.bad_lines += 1
-            if len(stats.bad_examples) < MAX_BAD_LINE_EXAMPLES:
-                stats.bad_examples.append(row)
+            note_bad_line(stats, row)
             continue
         stats.documents += 1
         title = row.get("title") if isinstance(row.get("title"), str) else ""

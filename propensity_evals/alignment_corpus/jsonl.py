@@ -32,6 +32,13 @@ class BadLine:
         return f"{self.file}:{self.line}: {self.reason}"
 
 
+def note_bad_line(stats, bad: BadLine) -> None:
+    """Count a bad line on a per-source stats object; keep a bounded list of examples."""
+    stats.bad_lines += 1
+    if len(stats.bad_examples) < MAX_BAD_LINE_EXAMPLES:
+        stats.bad_examples.append(bad)
+
+
 def dataset_files(data_dir: Path, wanted: list[str] | None) -> dict[str, Path]:
     """The ``<source>.jsonl`` files to explore, with errors that say how to get them."""
     if not data_dir.is_dir():
