@@ -43,6 +43,11 @@ ALIGNMENT_REVISION ?= main
 ALIGNMENT_DIR ?= data/alignment_dataset
 ALIGNMENT_SOURCE_DIR ?=
 GREP ?=
+MODELS ?=
+REVISIONS ?=
+EVAL_TARGET ?= eval_hf
+BASELINE ?=
+REPORT_WANDB ?=
 DRY_RUN ?=
 
 # SYSTEM_PROMPT reaches the launcher through the environment: any quotes in it stay intact.
@@ -64,7 +69,7 @@ LAUNCH = $(PYTHON) -m propensity_evals.launch \
 	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call truthy,$(DRY_RUN)),--dry-run)
 
 .PHONY: help setup data demo eval_cpu eval_hf eval_hf_mac eval_vllm prompts list_tasks \
-	alignment_data explore test lint
+	sweep report alignment_data explore test lint
 
 help: ## show this list
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -117,6 +122,22 @@ prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N 
 
 list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
 	$(PYTHON) -m propensity_evals.catalog
+
+# Command-line variables (CACHE_DIR, BATCH_SIZE, EXTRA_ARGS, WANDB_*, DATA_DIR, ...) reach each
+# `make $(EVAL_TARGET)` of the sweep through make's MAKEFLAGS; the sweep sets MODEL and REVISION.
+sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; complete runs are skipped
+	$(PYTHON) -m propensity_evals.sweep --models "$(or $(MODELS),$(MODEL))" \
+		--revisions "$(REVISIONS)" --eval-target "$(EVAL_TARGET)" --tasks "$(TASKS)" \
+		--limit "$(LIMIT)" --output-dir "$(OUTPUT_DIR)" --label "$(LABEL)" \
+		--chat-template "$(CHAT_TEMPLATE)" --system-prompt "$$SYSTEM_PROMPT" \
+		--wandb-group "$(WANDB_GROUP)" $(if $(call truthy,$(DRY_RUN)),--dry-run)
+
+report: $(SETUP_STAMP) ## compare the runs in OUTPUT_DIR -> OUTPUT_DIR/report/ (BASELINE=run, REPORT_WANDB=1)
+	$(PYTHON) -m propensity_evals.report --output-dir "$(OUTPUT_DIR)" \
+		$(if $(BASELINE),--baseline "$(BASELINE)") \
+		$(if $(call truthy,$(REPORT_WANDB)),--wandb --wandb-project "$(WANDB_PROJECT)" \
+			--wandb-entity "$(WANDB_ENTITY)" --wandb-mode "$(WANDB_MODE)" \
+			--wandb-group "$(WANDB_GROUP)")
 
 alignment_data: $(SETUP_STAMP) ## fetch the StampyAI alignment corpus (ALIGNMENT_SOURCES=a,b; ALIGNMENT_SOURCE_DIR=mirror)
 	$(PYTHON) download_alignment_dataset.py --out $(call shquote,$(ALIGNMENT_DIR)) \

@@ -90,6 +90,12 @@ def resolve_model(args: argparse.Namespace) -> tuple[str, str]:
     if path.exists():
         if not (path / "config.json").is_file() and "gguf_file=" not in args.model_args:
             raise LaunchError(f"{model} has no config.json: not a Hugging Face model folder")
+        if args.revision:
+            print(
+                f"note: REVISION={args.revision} only labels this run: a local folder holds one "
+                "set of weights (transformers ignores revision for it)",
+                file=sys.stderr,
+            )
         return str(path), args.label or model
     # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
     if model.startswith(("/", ".", "~")) or model.count("/") > 1:
@@ -125,7 +131,11 @@ def check_extra_args(extra: list[str]) -> None:
 def check_chat_template(model: str, revision: str) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision or None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision or None)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise LaunchError(f"cannot load the tokenizer of {model}: {first_line}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise LaunchError(
             f"{model} has no chat template (a base model?): run it without CHAT_TEMPLATE=1"

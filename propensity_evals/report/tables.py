@@ -1,0 +1,236 @@
+"""The report's tables: ``report.md`` (Markdown) and ``scores.csv`` / ``comparisons.csv``.
+
+scores.csv is wide, as the Markdown tables: one row per run (plus the chance and always-(A)
+reference rows) and metric; for each column (category, or a group's micro/macro average) the
+estimate, its 95% interval and the number of questions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from propensity_evals.report import stats
+from propensity_evals.report.summary import Report, RunSet
+
+METRICS = {
+    "acc": "Matching-behaviour rate (acc): share of questions where the matching answer is the "
+    "model's top option; 95% Wilson interval",
+    "soft_match": "Soft score (soft_match): probability of the matching answer, softmax over "
+    "the options; 95% t interval",
+    "letter_bias": "Letter bias: share of questions where the model's top option is (A); "
+    "compare with chance (an unbiased model picks (A) that often)",
+}
+CHANCE_ROW = "chance"
+ALWAYS_A_ROW = "always (A)"
+SCORES_HEADER_BASE = ["set", "run", "metric"]
+COMPARISON_HEADER = [
+    "set", "run", "baseline", "column", "metric", "n_pairs", "run_score", "baseline_score",
+    "difference", "difference_ci_low", "difference_ci_high", "test", "statistic", "p_value",
+    "p_holm", "q_bh", "significant",
+]  # fmt: skip
+
+
+def number(value: float, digits: int = 3) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def p_text(value: float) -> str:
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def estimate_text(estimate: stats.Estimate) -> str:
+    if not math.isfinite(estimate.value):
+        return "—"
+    if not math.isfinite(estimate.low):
+        return number(estimate.value)
+    return f"{number(estimate.value)} [{number(estimate.low)}, {number(estimate.high)}]"
+
+
+def metric_estimate(cell: stats.Cell, metric: str) -> stats.Estimate:
+    return {"acc": cell.acc, "soft_match": cell.soft, "letter_bias": cell.letter_bias}[metric]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells):
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), line(["---"] * len(header)), *(line(row) for row in rows)]
+
+
+def score_rows(run_set: RunSet, metric: str) -> list[list[str]]:
+    rows = [["questions", *(str(run_set.reference[c.key].n) for c in run_set.columns)]]
+    for run in run_set.runs:
+        cells = [run_set.cells.get((run.name, column.key)) for column in run_set.columns]
+        rows.append(
+            [run.name, *(estimate_text(metric_estimate(c, metric)) if c else "—" for c in cells)]
+        )
+    reference = [run_set.reference[column.key] for column in run_set.columns]
+    rows.append([CHANCE_ROW, *(number(cell.chance) for cell in reference)])
+    if metric != "letter_bias":
+        rows.append([ALWAYS_A_ROW, *(number(cell.always_a) for cell in reference)])
+    return rows
+
+
+def comparison_rows(run_set: RunSet) -> list[list[str]]:
+    rows = []
+    for item in run_set.comparisons:
+        result = item.result
+        diff = result.difference
+        interval = f" [{number(diff.low)}, {number(diff.high)}]" if math.isfinite(diff.low) else ""
+        rows.append(
+            [
+                f"{item.run} − {item.baseline}",
+                item.column.label,
+                result.metric,
+                str(result.n),
+                f"{number(result.run_mean)} vs {number(result.baseline_mean)}",
+                f"{diff.value:+.3f}{interval}",
+                f"{result.test} ({result.statistic})",
+                p_text(result.p),
+                p_text(item.p_holm),
+                p_text(item.q_bh),
+                "**yes**" if item.significant else "no",
+            ]
+        )
+    return rows
+
+
+def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) -> None:
+    lines = [
+        "# Propensity comparison",
+        "",
+        f"{len(report.runs)} run(s) under `{report.output_dir}`. Every number below is "
+        "recomputed from lm-eval's per-sample logs (`samples_*.jsonl`); a higher score means "
+        "more of the behaviour, not a better model.",
+        "",
+        "## Runs",
+        "",
+    ]
+    run_rows = []
+    for run_set in report.sets:
+        for run in run_set.runs:
+            questions = sum(len(log.questions) for log in run.tasks.values())
+            run_rows.append(
+                [
+                    run.name,
+                    run.model,
+                    run.revision or "—",
+                    run.prompt_format + (" + system prompt" if run.system_prompt else ""),
+                    run.limit or "none",
+                    str(len(run.tasks)),
+                    str(questions),
+                    str(run_set.index),
+                ]
+            )
+    lines += markdown_table(
+        ["run", "model", "revision", "prompt", "LIMIT", "tasks", "questions", "set"], run_rows
+    )
+    if report.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report.warnings]
+    for run_set in report.sets:
+        title = f"Set {run_set.index}: " if len(report.sets) > 1 else ""
+        lines += ["", f"## {title}{run_set.describe()}", ""]
+        header = ["run", *(column.label for column in run_set.columns)]
+        for metric, description in METRICS.items():
+            lines += [f"### {description}", ""]
+            lines += markdown_table(header, score_rows(run_set, metric)) + [""]
+        lines += [
+            "micro: every question of the group weighs the same; macro: every category weighs "
+            "the same. chance: mean of 1/(number of options); always (A): the score of a model "
+            "that always answers (A).",
+            "",
+        ]
+        if run_set.comparisons:
+            lines += [
+                "### Paired comparisons (same questions)",
+                "",
+                "Difference = run − baseline with a 95% interval (acc: Agresti-Min; soft_match: "
+                "t). acc: exact McNemar test on the questions where exactly one run matches; "
+                "soft_match: Wilcoxon signed-rank. "
+                "Significant = Holm-adjusted p < 0.05 within each pair and metric (all "
+                "categories and pooled groups together); q: Benjamini-Hochberg.",
+                "",
+            ]
+            lines += markdown_table(
+                ["comparison", "column", "metric", "n", "scores", "difference", "test", "p",
+                 "p (Holm)", "q (BH)", "significant"],
+                comparison_rows(run_set),
+            )  # fmt: skip
+        elif len(run_set.runs) > 1:
+            lines += ["No paired comparison in this set (the baseline is in another set).", ""]
+        if charts.get(run_set.index):
+            lines += ["", "### Charts", ""]
+            lines += [f"![{chart.stem}]({chart.name})" for chart in charts[run_set.index]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _score_fields(run_set: RunSet, row_name: str, metric: str, column) -> list:
+    """[estimate, ci_low, ci_high, n] of one row and column (reference rows: no interval)."""
+    if column is None:
+        return [None] * 4
+    if row_name in (CHANCE_ROW, ALWAYS_A_ROW):
+        cell = run_set.reference[column.key]
+        value = cell.chance if row_name == CHANCE_ROW else cell.always_a
+        return [value, None, None, cell.n]
+    cell = run_set.cells.get((row_name, column.key))
+    if cell is None:
+        return [None] * 4
+    estimate = metric_estimate(cell, metric)
+    return [estimate.value, estimate.low, estimate.high, estimate.n]
+
+
+def scores_table(report: Report) -> tuple[list[str], list[list]]:
+    """The wide scores table for CSV and W&B: (header, rows)."""
+    labels: list[str] = []
+    for run_set in report.sets:
+        labels += [c.label for c in run_set.columns if c.label not in labels]
+    header = list(SCORES_HEADER_BASE)
+    for label in labels:
+        header += [label, f"{label} ci_low", f"{label} ci_high", f"{label} n"]
+    rows = []
+    for run_set in report.sets:
+        by_label = {column.label: column for column in run_set.columns}
+        wanted = [(run.name, metric) for run in run_set.runs for metric in METRICS]
+        wanted += [(name, metric) for name in (CHANCE_ROW, ALWAYS_A_ROW) for metric in METRICS]
+        for name, metric in wanted:
+            if name in (CHANCE_ROW, ALWAYS_A_ROW) and metric == "letter_bias":
+                continue
+            values = [run_set.index, name, metric]
+            for label in labels:
+                values += _score_fields(run_set, name, metric, by_label.get(label))
+            rows.append(values)
+    return header, [[clean(value) for value in values] for values in rows]
+
+
+def comparisons_table(report: Report) -> tuple[list[str], list[list]]:
+    rows = []
+    for run_set in report.sets:
+        for item in run_set.comparisons:
+            result = item.result
+            rows.append(
+                [
+                    run_set.index, item.run, item.baseline, item.column.label, result.metric,
+                    result.n, result.run_mean, result.baseline_mean, result.difference.value,
+                    result.difference.low, result.difference.high, result.test,
+                    result.statistic, result.p, item.p_holm, item.q_bh, item.significant,
+                ]
+            )  # fmt: skip
+    return list(COMPARISON_HEADER), [[clean(value) for value in values] for values in rows]
+
+
+def clean(value):
+    """NaN (no interval) as None (an empty CSV field); numpy scalars as plain Python numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
