@@ -34,8 +34,10 @@ from propensity_evals.task_docs import DATA_DIR_ENV, FETCH_HINT, resolve_data_di
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
-LM_EVAL_ENTRY = [sys.executable, "-m", "lm_eval"]
-ACCELERATE_ENTRY = ["accelerate", "launch"]
+# lm-eval's command line with our model classes registered (hf-prefix); accelerate launches the
+# same module once per GPU.
+LM_EVAL_MODULE = "propensity_evals.lm_eval_entry"
+ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 class LaunchError(RuntimeError):
@@ -57,7 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--batch-size", default="8")
     add("--device", default="", help="cuda, mps or cpu; empty with --parallelize")
     add("--model-args", default="", help="extra model_args, e.g. dtype=bfloat16")
-    add("--backend", default="hf", help="lm-eval model type: hf (default), vllm, ...")
+    add(
+        "--backend",
+        default="hf-prefix",
+        help="lm-eval model type: hf-prefix (default: hf scoring each context once), hf, vllm",
+    )
     add("--chat", action="store_true", help="apply the model's chat template")
     add("--system-prompt", default="")
     add("--output-dir", default="data/output")
@@ -142,6 +148,13 @@ def check_chat_template(model: str, revision: str) -> None:
         )
 
 
+def check_backend(backend: str) -> None:
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise LaunchError(
+            "vllm is not installed: `pip install -r requirements-vllm.txt` in a CUDA environment"
+        )
+
+
 def check_attention(model_args: str) -> None:
     wants_flash = "attn_implementation=flash_attention_2" in model_args
     if wants_flash and importlib.util.find_spec("flash_attn") is None:
@@ -189,15 +202,10 @@ def model_args_for(args: argparse.Namespace, model: str) -> str:
 
 def build_command(args: argparse.Namespace, model: str, spec: RunSpec, wandb_mode: str):
     run_dir = Path(args.output_dir) / spec.run_name
-    entry = LM_EVAL_ENTRY
+    entry = [sys.executable, "-m", LM_EVAL_MODULE]
     if args.num_gpus > 1:
-        entry = [
-            *ACCELERATE_ENTRY,
-            "--multi_gpu",
-            "--num_processes",
-            str(args.num_gpus),
-            *LM_EVAL_ENTRY[1:],
-        ]
+        launcher = [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", str(args.num_gpus)]
+        entry = [*launcher, "-m", LM_EVAL_MODULE]
     command = [
         *entry,
         "run",
@@ -239,6 +247,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], RunSpec, str]:
         raise LaunchError(str(error)) from None
     check_data(tasks)
     check_extra_args(args.extra)
+    check_backend(args.backend)
     check_attention(args.model_args)
     if args.chat:
         check_chat_template(model, args.revision)

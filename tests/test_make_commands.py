@@ -43,8 +43,22 @@ def test_eval_hf_scale_out_variants(data_dir):
     assert "do not combine it with NUM_GPUS" in one_error_line(both)
     dry = make("eval_hf", "MODEL=org/name", "NUM_GPUS=4", "ATTN=sdpa", "DRY_RUN=1", env=env)
     command = dry.stdout
-    assert "accelerate launch --multi_gpu --num_processes 4" in command
+    assert (
+        "-m accelerate.commands.launch --multi_gpu --num_processes 4 "
+        "-m propensity_evals.lm_eval_entry run --model hf-prefix"
+    ) in command
     assert "attn_implementation=sdpa" in command and "--device cuda" in command
+
+
+def test_stock_backend_and_vllm_commands(data_dir):
+    env = {"PROPENSITY_DATA_DIR": str(data_dir), "WANDB_MODE": "disabled"}
+    stock = make("eval_cpu", "BACKEND=hf", "DRY_RUN=1", env=env).stdout
+    assert "run --model hf --model_args" in stock
+    vllm = make("-n", "eval_vllm", "MODEL=org/name", "TP=4", "DP=2").stdout
+    assert "--backend vllm" in vllm
+    assert "tensor_parallel_size=4,data_parallel_size=2,enable_prefix_caching=True" in vllm
+    missing = make("eval_vllm", "MODEL=org/name", "DRY_RUN=1", env=env, check=False)
+    assert "vllm is not installed" in one_error_line(missing)
 
 
 def test_eval_hf_mac_command_runs_on_mps():
@@ -57,7 +71,8 @@ def test_eval_cpu_defaults_to_the_embedded_model(data_dir, smollm2):
     env = {"PROPENSITY_DATA_DIR": str(data_dir), "WANDB_MODE": "disabled"}
     dry = make("eval_cpu", "DRY_RUN=1", "LIMIT=5", "OUTPUT_DIR=/tmp/x", env=env).stdout
     assert f"pretrained={smollm2},dtype=float32" in dry
-    assert "--batch_size 8" in dry and "--device cpu" in dry
+    assert "-m propensity_evals.lm_eval_entry run --model hf-prefix" in dry
+    assert "--batch_size 16" in dry and "--device cpu" in dry
     assert "--output_path /tmp/x/SmolLM2-135M-Instruct__sample5" in dry
     assert "--use_cache" in dry and "--log_samples" in dry and "--wandb_args" not in dry
 
