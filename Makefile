@@ -23,7 +23,11 @@ DEMO_LIMIT ?= 10
 DATA_DIR ?= data
 OUTPUT_DIR ?= data/output
 CACHE_DIR ?= data/cache
-SOURCE ?=
+# make data reads a local copy of Anthropic's files when one sits at ANTHROPIC_EVALS_MIRROR
+# (offline machines keep one beside the checkout), else downloads from GitHub; every file is
+# checked against the pinned sha256 either way. `make data SOURCE=` forces the download.
+ANTHROPIC_EVALS_MIRROR ?= ../shared/data/anthropic-evals
+SOURCE ?= $(if $(wildcard $(ANTHROPIC_EVALS_MIRROR)/advanced-ai-risk),$(ANTHROPIC_EVALS_MIRROR))
 WANDB_PROJECT ?= Pretraining-Alignment-Evals-HF
 WANDB_ENTITY ?=
 WANDB_MODE ?=
@@ -88,7 +92,7 @@ $(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(SETUP_STAMP) ## create .venv with the pinned eval stack and the embedded models
 
-data: $(SETUP_STAMP) ## download + verify advanced-ai-risk into DATA_DIR (SOURCE=DIR: local copy)
+data: $(SETUP_STAMP) ## download + verify advanced-ai-risk into DATA_DIR (SOURCE=DIR: a local copy)
 	$(PYTHON) -m propensity_evals.anthropic_data --data-dir "$(DATA_DIR)" $(if $(SOURCE),--source "$(SOURCE)")
 
 demo: data ## quick first run: DEMO_LIMIT (10) questions per task, embedded model, CPU
