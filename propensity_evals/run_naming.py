@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,7 +45,6 @@ class RunSpec:
     system_prompt: str = ""
     tasks: str = ""
     label: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -70,8 +69,3 @@ class RunSpec:
         }
         (run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         return run_dir
-
-
-def read_run_info(run_dir: Path) -> dict:
-    path = Path(run_dir) / RUN_INFO_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
