@@ -10,6 +10,7 @@ that does not match its pinned sum is refused without touching the good copy on 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import shutil
@@ -40,15 +41,18 @@ class PinnedFile:
     sha256: str
 
 
-def pinned_files() -> list[PinnedFile]:
-    """The committed manifest: one ``<sha256>  <subset>/<file>`` line per upstream file."""
+@functools.cache
+def pinned_files() -> tuple[PinnedFile, ...]:
+    """The committed manifest: one ``<sha256>  <subset>/<file>`` line per upstream file.
+
+    Read once per process: the launcher and the config generator look up many files."""
     text = resources.files("propensity_evals").joinpath("advanced_ai_risk.sha256").read_text()
     files = []
     for line in text.splitlines():
         if line.strip():
             digest, relpath = line.split(maxsplit=1)
             files.append(PinnedFile(relpath.strip(), digest))
-    return files
+    return tuple(files)
 
 
 def pinned_sha256(relpath: str) -> str:

@@ -19,7 +19,7 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError, sha256_
 from propensity_evals.questions import PROMPT_FORMATS, QuestionError, parse_row, render_prompt
 
 DATA_DIR_ENV = "PROPENSITY_DATA_DIR"
-FETCH_HINT = "run `make data` (offline: `make data SOURCE=../shared/data/anthropic-evals`)"
+FETCH_HINT = "run `make data` (offline: `make data SOURCE=<folder holding advanced-ai-risk/>`)"
 
 
 def resolve_data_dir(default: Path) -> Path:

@@ -22,6 +22,15 @@ def _estimate(cell, metric):
     return cell.acc if metric == "acc" else cell.soft
 
 
+def _series(run_set: RunSet, cells: list[tuple[str, str]], metric: str):
+    """Estimates for (run name, column key) cells, None where a run lacks the column, and the
+    matching values with NaN for the gaps (what matplotlib leaves blank)."""
+    estimates = [
+        _estimate(run_set.cells[cell], metric) if cell in run_set.cells else None for cell in cells
+    ]
+    return estimates, [e.value if e else np.nan for e in estimates]
+
+
 def _errors(estimates) -> np.ndarray:
     """Asymmetric error bars; no bar where there is no interval."""
     low = [max(0.0, e.value - e.low) if e and math.isfinite(e.low) else 0.0 for e in estimates]
@@ -47,13 +56,7 @@ def bars(run_set: RunSet, metric: str, out_dir: Path) -> Path:
     x = np.arange(len(columns))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(columns) * (1 + len(runs) / 2)), 4.8))
     for index, run in enumerate(runs):
-        estimates = [
-            _estimate(run_set.cells[(run.name, c.key)], metric)
-            if (run.name, c.key) in run_set.cells
-            else None
-            for c in columns
-        ]
-        values = [e.value if e else np.nan for e in estimates]
+        estimates, values = _series(run_set, [(run.name, c.key) for c in columns], metric)
         offset = (index - (len(runs) - 1) / 2) * width
         ax.bar(x + offset, values, width, yerr=_errors(estimates), capsize=2, label=run.name)
     chance = [run_set.reference[c.key].chance for c in columns]
@@ -112,13 +115,8 @@ def revisions(run_set: RunSet, series: str, out_dir: Path) -> Path:
     labels = [run.revision or "(none)" for run in runs]
     for ax, column in zip(axes.flat, columns, strict=False):
         for metric, style in (("acc", "-o"), ("soft_match", "--s")):
-            estimates = [
-                _estimate(run_set.cells[(run.name, column.key)], metric)
-                if (run.name, column.key) in run_set.cells
-                else None
-                for run in runs
-            ]
-            values = [e.value if e else np.nan for e in estimates]
+            cells = [(run.name, column.key) for run in runs]
+            estimates, values = _series(run_set, cells, metric)
             ax.errorbar(x, values, yerr=_errors(estimates), fmt=style, capsize=2, label=metric)
         ax.axhline(run_set.reference[column.key].chance, color="grey", ls=":", label="chance")
         ax.set_title(column.label, fontsize=8)
