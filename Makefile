@@ -36,7 +36,7 @@ CHAT_TEMPLATE ?=
 SYSTEM_PROMPT ?=
 EXTRA_ARGS ?=
 # hf-prefix: lm-eval's hf backend scoring each question's context once (BENCHMARKS.md);
-# BACKEND=hf is lm-eval's own per-option scoring (same numbers, ~2.4x slower on CPU).
+# BACKEND=hf is lm-eval's own per-option scoring (same numbers, ~2.3x slower on CPU).
 BACKEND ?= hf-prefix
 ATTN ?= flash_attention_2
 NUM_GPUS ?= 1
