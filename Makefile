@@ -34,6 +34,8 @@ WANDB_MODE ?=
 WANDB_GROUP ?=
 CHAT_TEMPLATE ?=
 SYSTEM_PROMPT ?=
+# A direction table of your own (CSV, as propensity_evals/directions.csv); empty: the pack's.
+DIRECTIONS ?=
 EXTRA_ARGS ?=
 # hf-prefix: lm-eval's hf backend scoring each question's context once (BENCHMARKS.md);
 # BACKEND=hf is lm-eval's own per-option scoring (same numbers, ~2.3x slower on CPU).
@@ -56,9 +58,9 @@ EVAL_TARGET ?= eval_hf
 BASELINE ?=
 REPORT_WANDB ?=
 DRY_RUN ?=
+# Set by `make sweep` to ask an eval target for its run folder and fingerprint without running.
+PLAN_JSON ?=
 
-# SYSTEM_PROMPT reaches the launcher through the environment: any quotes in it stay intact.
-export SYSTEM_PROMPT
 # Where the tasks read advanced-ai-risk/ from (utils.py falls back to ./data without it).
 export PROPENSITY_DATA_DIR ?= $(abspath $(DATA_DIR))
 
@@ -66,22 +68,45 @@ comma := ,
 truthy = $(filter 1 true yes on,$(1))
 # Single-quote text for the shell; GREP goes in unexpanded so a regex keeps its `$`.
 shquote = '$(subst ','\'',$(1))'
+# A user's value, unexpanded (a `$` stays a `$`) and single-quoted (a `"` stays a `"`):
+# `$(call sq,MODEL)`. Every value reaches the shell this way except the ones split into words
+# on purpose: EXTRA_ARGS (more lm-eval arguments), PYTEST_ARGS, and the numbers and switches
+# (BATCH_SIZE, NUM_GPUS, TP, DP, ATTN, DRY_RUN, ...), which are never quoted text.
+sq = '$(subst ','\'',$(value $(1)))'
 
 LAUNCH = $(PYTHON) -m propensity_evals.launch \
-	--model "$(MODEL)" --revision "$(REVISION)" --label "$(LABEL)" --tasks "$(TASKS)" \
-	--limit "$(LIMIT)" --batch-size "$(BATCH_SIZE)" --output-dir "$(OUTPUT_DIR)" \
-	--cache-dir "$(CACHE_DIR)" --wandb-project "$(WANDB_PROJECT)" \
-	--wandb-entity "$(WANDB_ENTITY)" --wandb-mode "$(WANDB_MODE)" \
-	--wandb-group "$(WANDB_GROUP)" --system-prompt "$$SYSTEM_PROMPT" \
-	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call truthy,$(DRY_RUN)),--dry-run)
+	--model $(call sq,MODEL) --revision $(call sq,REVISION) --label $(call sq,LABEL) \
+	--tasks $(call sq,TASKS) --limit $(call sq,LIMIT) --batch-size "$(BATCH_SIZE)" \
+	--output-dir $(call sq,OUTPUT_DIR) --cache-dir $(call sq,CACHE_DIR) \
+	--wandb-project $(call sq,WANDB_PROJECT) --wandb-entity $(call sq,WANDB_ENTITY) \
+	--wandb-mode $(call sq,WANDB_MODE) --wandb-group $(call sq,WANDB_GROUP) \
+	--system-prompt $(call sq,SYSTEM_PROMPT) --directions $(call sq,DIRECTIONS) \
+	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
+	$(if $(call truthy,$(PLAN_JSON)),--plan-json)
 LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 
 .PHONY: help setup data demo eval_cpu eval_hf eval_hf_mac eval_vllm prompts list_tasks \
 	sweep report alignment_data explore test lint
 
+# Common variables, listed by `make help` (lines starting with `#>`):
+#> MODEL          hub id or local folder (eval_cpu: empty = the embedded SmolLM2-135M-Instruct)
+#> REVISION       hub branch, tag or commit (checkpoints); REVISIONS="a b" for make sweep
+#> TASKS          group(s) or task(s), comma-separated (make list_tasks)
+#> LIMIT          questions per task (a sample run, labelled as such)
+#> LABEL          display name for folders and W&B instead of the model's
+#> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt
+#> BACKEND        hf-prefix (default) or hf; BATCH_SIZE; ATTN; NUM_GPUS; PARALLELIZE=1
+#> OUTPUT_DIR     where runs go (data/output); CACHE_DIR request cache (empty: none)
+#> WANDB_PROJECT  W&B project; WANDB_ENTITY, WANDB_GROUP, WANDB_MODE (online/offline/disabled)
+#> DIRECTIONS     your own direction table (CSV) for the misaligned metrics
+#> MODELS         models of make sweep; EVAL_TARGET the target it runs (eval_hf)
+#> EXTRA_ARGS     more lm_eval arguments, as is; DRY_RUN=1 checks and prints the command only
 help: ## show this list
+	@echo "targets:"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+	@echo "variables (make TARGET VAR=value):"
+	@grep -hE '^#> ' $(MAKEFILE_LIST) | sed -e 's/^#> /  /'
 
 $(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -93,7 +118,8 @@ $(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(SETUP_STAMP) ## create .venv with the pinned eval stack and the embedded models
 
 data: $(SETUP_STAMP) ## download + verify advanced-ai-risk into DATA_DIR (SOURCE=DIR: a local copy)
-	$(PYTHON) -m propensity_evals.anthropic_data --data-dir "$(DATA_DIR)" $(if $(SOURCE),--source "$(SOURCE)")
+	$(PYTHON) -m propensity_evals.anthropic_data --data-dir $(call shquote,$(DATA_DIR)) \
+		$(if $(SOURCE),--source $(call shquote,$(SOURCE)))
 
 demo: data ## quick first run: DEMO_LIMIT (10) questions per task, embedded model, CPU
 	$(MAKE) --no-print-directory eval_cpu LIMIT=$(DEMO_LIMIT)
@@ -124,8 +150,9 @@ eval_vllm: $(SETUP_STAMP) ## vLLM backend: TP=tensor parallel, DP=data parallel 
 		-- $(EXTRA_ARGS)
 
 prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N questions per task
-	$(PYTHON) -m propensity_evals.show_prompts --tasks "$(TASKS)" --n $(PROMPTS_N) \
-		--model "$(MODEL)" --revision "$(REVISION)" --system-prompt "$$SYSTEM_PROMPT" \
+	$(PYTHON) -m propensity_evals.show_prompts --tasks $(call sq,TASKS) --n $(PROMPTS_N) \
+		--model $(call sq,MODEL) --revision $(call sq,REVISION) \
+		--system-prompt $(call sq,SYSTEM_PROMPT) \
 		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat)
 
 list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
@@ -134,18 +161,18 @@ list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
 # Command-line variables (CACHE_DIR, BATCH_SIZE, EXTRA_ARGS, WANDB_*, DATA_DIR, ...) reach each
 # `make $(EVAL_TARGET)` of the sweep through make's MAKEFLAGS; the sweep sets MODEL and REVISION.
 sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; complete runs are skipped
-	$(PYTHON) -m propensity_evals.sweep --models "$(or $(MODELS),$(MODEL))" \
-		--revisions "$(REVISIONS)" --eval-target "$(EVAL_TARGET)" --tasks "$(TASKS)" \
-		--limit "$(LIMIT)" --output-dir "$(OUTPUT_DIR)" --label "$(LABEL)" \
-		--chat-template "$(CHAT_TEMPLATE)" --system-prompt "$$SYSTEM_PROMPT" \
-		--wandb-group "$(WANDB_GROUP)" $(if $(call truthy,$(DRY_RUN)),--dry-run)
+	$(PYTHON) -m propensity_evals.sweep --models $(if $(value MODELS),$(call sq,MODELS),$(call sq,MODEL)) \
+		--revisions $(call sq,REVISIONS) --eval-target "$(EVAL_TARGET)" --tasks $(call sq,TASKS) \
+		--limit $(call sq,LIMIT) --output-dir $(call sq,OUTPUT_DIR) --label $(call sq,LABEL) \
+		--chat-template "$(CHAT_TEMPLATE)" --system-prompt $(call sq,SYSTEM_PROMPT) \
+		--wandb-group $(call sq,WANDB_GROUP) $(if $(call truthy,$(DRY_RUN)),--dry-run)
 
 report: $(SETUP_STAMP) ## compare the runs in OUTPUT_DIR -> OUTPUT_DIR/report/ (BASELINE=run, REPORT_WANDB=1)
-	$(PYTHON) -m propensity_evals.report --output-dir "$(OUTPUT_DIR)" \
-		$(if $(BASELINE),--baseline "$(BASELINE)") \
-		$(if $(call truthy,$(REPORT_WANDB)),--wandb --wandb-project "$(WANDB_PROJECT)" \
-			--wandb-entity "$(WANDB_ENTITY)" --wandb-mode "$(WANDB_MODE)" \
-			--wandb-group "$(WANDB_GROUP)")
+	$(PYTHON) -m propensity_evals.report --output-dir $(call sq,OUTPUT_DIR) \
+		$(if $(value BASELINE),--baseline $(call sq,BASELINE)) \
+		$(if $(call truthy,$(REPORT_WANDB)),--wandb --wandb-project $(call sq,WANDB_PROJECT) \
+			--wandb-entity $(call sq,WANDB_ENTITY) --wandb-mode $(call sq,WANDB_MODE) \
+			--wandb-group $(call sq,WANDB_GROUP))
 
 alignment_data: $(SETUP_STAMP) ## fetch the StampyAI alignment corpus (ALIGNMENT_SOURCES=a,b; ALIGNMENT_SOURCE_DIR=mirror)
 	$(PYTHON) download_alignment_dataset.py --out $(call shquote,$(ALIGNMENT_DIR)) \

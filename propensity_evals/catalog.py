@@ -30,6 +30,8 @@ SHARED_CATEGORIES = [
 
 HUMAN_GROUP = "anthropic_propensity_human_written"
 LM_GROUP = "anthropic_propensity_lm_written"
+# The human-written questions with audited labels (propensity_evals/audit/relabels.csv).
+AUDITED_GROUP = "anthropic_propensity_human_written_audited"
 
 # group name -> (upstream subset folder, its files' stems). The two sets name their
 # web-GPT split differently, and only the lm-written set has the nn-architecture split.
@@ -46,6 +48,9 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
         ),
     ),
 }
+GROUPS[AUDITED_GROUP] = GROUPS[HUMAN_GROUP]
+# Groups whose labels come from the audit's relabel file rather than upstream.
+AUDITED_GROUPS = (AUDITED_GROUP,)
 
 
 class UnknownTaskError(ValueError):
@@ -53,7 +58,12 @@ class UnknownTaskError(ValueError):
 
 
 def task_name(group: str, category: str) -> str:
-    return f"{group}_{category.lower().replace('-', '_')}"
+    return f"{group}_{category_slug(category)}"
+
+
+def category_slug(category: str) -> str:
+    """``power-seeking-inclination`` -> ``power_seeking_inclination`` (task suffix, alias)."""
+    return category.lower().replace("-", "_")
 
 
 def tasks_by_group() -> dict[str, list[str]]:

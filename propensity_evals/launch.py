@@ -18,19 +18,33 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import netrc
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
+from collections import deque
+from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modified
+from propensity_evals.audit import relabels_sha256
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
-from propensity_evals.run_naming import RunSpec
+from propensity_evals.directions import DirectionsError, load_directions, table_sha256
+from propensity_evals.prompts import system_instruction
+from propensity_evals.run_files import STAGING_PREFIX
+from propensity_evals.run_identity import (
+    FINGERPRINT_KEY,
+    MODEL_IDENTITY_KEY,
+    RunSpec,
+    model_identity,
+    model_identity_digest,
+)
 from propensity_evals.task_docs import DATA_DIR_ENV, FETCH_HINT, resolve_data_dir
+from propensity_evals.wandb_mode import WandbModeError, choose_wandb_mode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
@@ -66,6 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add("--chat", action="store_true", help="apply the model's chat template")
     add("--system-prompt", default="")
+    add("--directions", default="", help="a direction table (CSV); empty: the pack's own")
     add("--output-dir", default="data/output")
     add("--cache-dir", default="data/cache", help="empty: no lm-eval request cache")
     add("--wandb-project", default="Pretraining-Alignment-Evals-HF")
@@ -74,6 +89,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--wandb-mode", default="", help="online, offline or disabled; empty: by login")
     add("--num-gpus", type=int, default=1, help=">1: data parallel via accelerate launch")
     add("--dry-run", action="store_true", help="check and print the command, run nothing")
+    add(
+        "--plan-json",
+        action="store_true",
+        help="print the run's folder and fingerprint as one JSON line and exit (for the sweep)",
+    )
     add("extra", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     args.extra = [arg for arg in args.extra if arg != "--"]
@@ -164,44 +184,44 @@ def check_attention(model_args: str) -> None:
         )
 
 
-def wandb_logged_in() -> bool:
-    """True if W&B has a key without asking: $WANDB_API_KEY or a netrc entry for its host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def choose_wandb_mode(requested: str) -> str:
-    mode = requested or os.environ.get("WANDB_MODE", "")
-    if mode in ("disabled", "offline", "online", "dryrun"):
-        return "offline" if mode == "dryrun" else mode
-    if mode:
-        raise LaunchError(f"WANDB_MODE={mode!r}: use online, offline or disabled")
-    if wandb_logged_in():
-        return "online"
-    print(
-        "W&B: not logged in, so this run logs offline (no prompt); "
-        "upload later with `wandb sync` (command printed at the end), or `wandb login` first.",
-        file=sys.stderr,
-    )
-    return "offline"
-
-
-def model_args_for(args: argparse.Namespace, model: str) -> str:
+def model_args_for(args: argparse.Namespace, model: str, spec: RunSpec) -> str:
     parts = [f"pretrained={model}"]
-    if args.revision:
-        parts.append(f"revision={args.revision}")
+    # A hub model is loaded at the commit its revision resolved to, so that the weights scored
+    # are the ones the fingerprint names even if the branch moves during the run.
+    revision = spec.identity.get("commit") or args.revision
+    if revision:
+        parts.append(f"revision={revision}")
     if args.model_args:
         parts.append(args.model_args)
     return ",".join(parts)
 
 
-def build_command(args: argparse.Namespace, model: str, spec: RunSpec, wandb_mode: str):
-    run_dir = Path(args.output_dir) / spec.run_name
+def cache_path(args: argparse.Namespace, spec: RunSpec) -> Path | None:
+    """lm-eval's request cache, keyed by the run's fingerprint (lm-eval's own key hashes only
+    the request text); None without a cache folder or when the model's identity is unknown."""
+    if not args.cache_dir or spec.fingerprint is None:
+        return None
+    return Path(args.cache_dir) / spec.fingerprint[:32]
+
+
+def run_metadata(spec: RunSpec) -> str:
+    """--metadata: lm-eval copies it into every task's config in the results file, and hands
+    it to the dataset loader (which reads prompt_format)."""
+    directions = {"directions": spec.directions} if spec.directions else {}
+    return json.dumps(
+        {
+            **directions,
+            "directions_sha256": spec.directions_sha256,
+            "prompt_format": spec.prompt_format,
+            FINGERPRINT_KEY: spec.fingerprint or "",
+            MODEL_IDENTITY_KEY: model_identity_digest(spec.identity),
+        }
+    )
+
+
+def build_command(
+    args: argparse.Namespace, model: str, spec: RunSpec, wandb_mode: str, output_path: Path
+) -> list[str]:
     entry = [sys.executable, "-m", LM_EVAL_MODULE]
     if args.num_gpus > 1:
         launcher = [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", str(args.num_gpus)]
@@ -210,25 +230,26 @@ def build_command(args: argparse.Namespace, model: str, spec: RunSpec, wandb_mod
         *entry,
         "run",
         "--model", args.backend,
-        "--model_args", model_args_for(args, model),
+        "--model_args", model_args_for(args, model, spec),
         "--include_path", str(TASKS_DIR),
         "--tasks", args.tasks,
         "--batch_size", str(args.batch_size),
-        "--output_path", str(run_dir),
+        "--output_path", str(output_path),
         "--log_samples",
+        "--metadata", run_metadata(spec),
     ]  # fmt: skip
     if args.device:
         command += ["--device", args.device]
     if args.limit:
         command += ["--limit", str(args.limit)]
-    if args.cache_dir:
-        command += ["--use_cache", str(Path(args.cache_dir) / spec.run_name)]
+    cache = cache_path(args, spec)
+    if cache is not None:
+        command += ["--use_cache", str(cache)]
     if args.chat:
-        command += ["--apply_chat_template", "--metadata", '{"prompt_format": "chat"}']
-    if args.system_prompt:
-        # Outside chat mode lm-eval concatenates the system text and the prompt directly.
-        separator = "" if args.chat else "\n\n"
-        command += ["--system_instruction", args.system_prompt.rstrip() + separator]
+        command += ["--apply_chat_template"]
+    instruction = system_instruction(args.system_prompt, args.chat)
+    if instruction:
+        command += ["--system_instruction", instruction]
     if wandb_mode != "disabled":
         wandb_args = f"project={args.wandb_project},name={spec.run_name},job_type=eval"
         if args.wandb_entity:
@@ -236,10 +257,61 @@ def build_command(args: argparse.Namespace, model: str, spec: RunSpec, wandb_mod
         if args.wandb_group:
             wandb_args += f",group={args.wandb_group}"
         command += ["--wandb_args", wandb_args]
+        command += ["--wandb_config_args", f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"]
     return command + args.extra
 
 
-def prepare(args: argparse.Namespace) -> tuple[list[str], RunSpec, str]:
+def check_directions(path: str) -> str:
+    """The direction table's absolute path ("" for the pack's own), refused if unusable."""
+    if not path:
+        return ""
+    try:
+        load_directions(Path(path).expanduser())
+    except DirectionsError as error:
+        raise LaunchError(str(error)) from None
+    return str(Path(path).expanduser().resolve())
+
+
+def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
+    directions = check_directions(args.directions)
+    return RunSpec(
+        model=model,
+        revision=args.revision,
+        limit=str(args.limit).strip(),
+        prompt_format="chat" if args.chat else "plain",
+        system_prompt=args.system_prompt,
+        tasks=args.tasks,
+        label=label,
+        backend=args.backend,
+        model_args=args.model_args,
+        device=args.device,
+        extra_args=list(args.extra),
+        identity=model_identity(model, args.revision),
+        directions=directions,
+        directions_sha256=table_sha256(directions or None),
+        relabels_sha256=relabels_sha256(),
+    )
+
+
+def plan(args: argparse.Namespace) -> dict:
+    """What the sweep needs to know before it runs (or skips) this request."""
+    model, label = resolve_model(args)
+    try:
+        tasks = resolve_tasks(args.tasks)
+    except UnknownTaskError as error:
+        raise LaunchError(str(error)) from None
+    spec = run_spec(args, model, label)
+    return {
+        "run_name": spec.run_name,
+        "run_dir": str(Path(args.output_dir).resolve() / spec.run_name),
+        "fingerprint": spec.fingerprint,
+        "tasks": tasks,
+        "model": model,
+    }
+
+
+def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
+    """Every check, then the run's spec, its leaf tasks and the W&B mode."""
     model, label = resolve_model(args)
     try:
         tasks = resolve_tasks(args.tasks)
@@ -251,17 +323,18 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], RunSpec, str]:
     check_attention(args.model_args)
     if args.chat:
         check_chat_template(model, args.revision)
-    wandb_mode = choose_wandb_mode(args.wandb_mode)
-    spec = RunSpec(
-        model=model,
-        revision=args.revision,
-        limit=str(args.limit),
-        prompt_format="chat" if args.chat else "plain",
-        system_prompt=args.system_prompt,
-        tasks=args.tasks,
-        label=label,
-    )
-    return build_command(args, model, spec, wandb_mode), spec, wandb_mode
+    try:
+        wandb_mode = choose_wandb_mode(args.wandb_mode)
+    except WandbModeError as error:
+        raise LaunchError(str(error)) from None
+    spec = run_spec(args, model, label)
+    if spec.fingerprint is None:
+        print(
+            f"note: cannot resolve {model}@{args.revision or 'main'} to a commit "
+            f"({spec.identity.get('via')}): this run goes without the request cache",
+            file=sys.stderr,
+        )
+    return spec, tasks, wandb_mode
 
 
 def latest_offline_run(wandb_dir: Path) -> Path | None:
@@ -269,25 +342,115 @@ def latest_offline_run(wandb_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
+def run_lm_eval(command: list[str], env: dict | None) -> tuple[int, str]:
+    """Run lm-eval, its stderr passed through as it comes; returns (exit code, the last line
+    that names an error, for a one-line summary)."""
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, bufsize=0)
+    tail: deque[str] = deque(maxlen=200)
+
+    def pump() -> None:
+        # Raw chunks, not lines: progress bars redraw with "\r" and must show as they come.
+        pending = b""
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            *lines, pending = (pending + chunk).split(b"\n")
+            tail.extend(line.decode("utf-8", "replace").rstrip() for line in lines)
+        if pending:
+            tail.append(pending.decode("utf-8", "replace").rstrip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        code = process.wait()
+    reader.join()
+    return code, last_error_line(list(tail))
+
+
+def last_error_line(lines: list[str]) -> str:
+    markers = ("Error", "error:", "Could not save", "Traceback", "Killed")
+    for line in reversed(lines):
+        text = line.strip()
+        if text and any(marker in text for marker in markers) and text != "Traceback":
+            return text[:300]
+    return ""
+
+
+def promote(staging: Path, run_dir: Path) -> list[Path]:
+    """Move lm-eval's files from the staging folder into the run folder: sample logs first,
+    results last (a results file is what marks a task complete); never over an existing file."""
+    files = sorted(path for path in staging.rglob("*") if path.is_file())
+    files.sort(key=lambda path: path.name.startswith("results_"))
+    moved = []
+    for path in files:
+        target = run_dir / path.relative_to(staging)
+        if target.exists():
+            raise LaunchError(f"{target} already exists: not overwritten; the new copy is {path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        command, spec, wandb_mode = prepare(args)
+        if args.plan_json:
+            print(json.dumps(plan(args)))
+            return 0
+        spec, tasks, wandb_mode = prepare(args)
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    run_dir = Path(args.output_dir) / spec.run_name
+    # lm-eval writes into a hidden staging folder that the report and the sweep never read;
+    # its files join the run folder only once every requested task is complete on disk.
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    staging = run_dir / f"{STAGING_PREFIX}{stamp}-{os.getpid()}"
+    model = spec.model
+    command = build_command(args, model, spec, wandb_mode, staging)
     print("+ " + shlex.join(command), flush=True)
     if args.dry_run:
         return 0
-    run_dir = spec.write(Path(args.output_dir))
+    spec.write(Path(args.output_dir))
     env = dict(os.environ, WANDB_MODE=wandb_mode) if wandb_mode != "disabled" else None
-    returncode = subprocess.call(command, env=env)
-    if returncode == 0:
+    code, error_line = run_lm_eval(command, env)
+    if code == 0:
+        from propensity_evals.run_files import incomplete_tasks
+
+        missing = incomplete_tasks(staging, tasks, spec.fingerprint or "")
+        if missing:
+            task, reason = next(iter(missing.items()))
+            detail = f" ({error_line})" if error_line else ""
+            print(
+                f"error: lm-eval finished but wrote {len(missing)} task(s) incompletely (first: "
+                f"{task}: {reason}){detail}; nothing was added to {run_dir}; fix the cause and "
+                "rerun (answers so far are in the request cache)",
+                file=sys.stderr,
+            )
+            shutil.rmtree(staging, ignore_errors=True)
+            return 1
+        try:
+            promote(staging, run_dir)
+        except LaunchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"results and per-sample logs: {run_dir}")
         offline = latest_offline_run(Path(os.environ.get("WANDB_DIR", ".")) / "wandb")
         if wandb_mode == "offline" and offline:
             print(f"W&B run saved offline; upload it with: wandb sync {offline}")
-    return returncode
+        return 0
+    shutil.rmtree(staging, ignore_errors=True)
+    print(
+        f"error: lm-eval failed (exit {code}){': ' + error_line if error_line else ''}; "
+        f"nothing was added to {run_dir}; rerun to resume from the request cache",
+        file=sys.stderr,
+    )
+    return code
 
 
 if __name__ == "__main__":

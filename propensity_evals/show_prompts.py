@@ -1,9 +1,7 @@
 """Print exactly what the model scores for a few questions per task (``make prompts``).
 
-The text is assembled as lm-eval 0.4.13 assembles it for these tasks (checked against real
-sample logs in tests/test_end_to_end.py): plain mode is ``[system + blank line] + prompt``
-followed by `` (X)``; chat mode is the model's chat template over an optional system turn
-and the user turn, with the assistant header opened, followed by ``(X)``.
+The context comes from :mod:`propensity_evals.prompts`, the same function the launcher uses
+to hand lm-eval the system instruction, followed by each scored continuation.
 """
 
 from __future__ import annotations
@@ -15,24 +13,10 @@ from pathlib import Path
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.prompts import continuations, render_context
 from propensity_evals.task_docs import build_docs, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def render_context(prompt: str, system_prompt: str = "", tokenizer=None) -> str:
-    """The context string lm-eval builds; a tokenizer means chat mode."""
-    if tokenizer is None:
-        prefix = system_prompt.rstrip() + "\n\n" if system_prompt else ""
-        return prefix + prompt
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def continuations(choices: list[str], chat: bool) -> list[str]:
-    # lm-eval drops the target delimiter (" ") when a chat template is applied.
-    return [choice if chat else f" {choice}" for choice in choices]
 
 
 def main(argv: list[str] | None = None) -> int:

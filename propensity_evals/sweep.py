@@ -1,11 +1,14 @@
 """``make sweep``: one eval target over several models and/or revisions, resumable.
 
 Each (model, revision) is one ``make <EVAL_TARGET> MODEL=... REVISION=...`` run, one after
-the other, into its own ``OUTPUT_DIR/<run_name>/`` (the launcher's naming, computed here with
-the same ``RunSpec``) and one W&B run each, all in one W&B group. A run whose folder already
-holds results and complete sample logs for every requested task is skipped, so a sweep that
-stopped halfway resumes with the rest (and lm-eval's ``--use_cache`` makes a re-run of a
-crashed model cheap). A failed run does not stop the sweep; the failures are listed at the end
+the other, into its own ``OUTPUT_DIR/<run_name>/`` and one W&B run each, all in one W&B group.
+Before running, the sweep asks the same make target for the run's folder and fingerprint
+(``PLAN_JSON=1``: the launcher answers without running anything), so the names and the
+fingerprint come from the one place that runs it. A run whose folder already holds, for every
+requested task, results with that fingerprint and a complete sample log is skipped; a run of a
+model whose weights or revision changed under the same name is not. A sweep that stopped
+halfway resumes with the rest (and the request cache makes a re-run of a crashed model cheap).
+A failed run does not stop the sweep; the failures are listed at the end
 and the exit status is non-zero.
 
 Relative paths (models, OUTPUT_DIR) are relative to the repository root, where the eval
@@ -26,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks
-from propensity_evals.report.load import missing_tasks
-from propensity_evals.run_naming import RunSpec, short_hash
+from propensity_evals.run_files import incomplete_tasks
+from propensity_evals.run_identity import short_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRUTHY = ("1", "true", "yes", "on")  # as the Makefile's `truthy`
@@ -41,11 +44,8 @@ class SweepError(RuntimeError):
 class PlannedRun:
     model: str
     revision: str
-    spec: RunSpec
-
-    @property
-    def name(self) -> str:
-        return self.spec.run_name
+    name: str  # the run folder, as the launcher names it
+    fingerprint: str | None  # None: the model's identity is unknown, never skipped
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,7 +80,22 @@ def absolute_model(model: str) -> str:
     return str(candidate.resolve()) if candidate.exists() else model
 
 
-def plan(args: argparse.Namespace) -> list[PlannedRun]:
+def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir: Path) -> dict:
+    """The launcher's plan for one run: ``make <target> ... PLAN_JSON=1`` runs nothing."""
+    command = [*make_command(args, model, revision, output_dir, group=""), "PLAN_JSON=1", "-s"]
+    env = dict(os.environ, SYSTEM_PROMPT=args.system_prompt)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SweepError(f"cannot plan {model}{'@' + revision if revision else ''}: {reason}")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise SweepError(f"`make {args.eval_target}` gave no plan: {lines[-1][:200]}") from None
+
+
+def plan(args: argparse.Namespace, output_dir: Path) -> list[PlannedRun]:
     models = args.models.split()
     if not models:
         raise SweepError('MODELS is empty: e.g. make sweep MODELS="org/a org/b" (or MODEL=org/a '
@@ -88,21 +103,12 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
     if args.label and len(models) > 1:
         raise SweepError("LABEL names a single model's runs: leave it empty with several MODELS")
     revisions = args.revisions.split() or [""]
-    chat = args.chat_template.strip().lower() in TRUTHY
     runs = []
     for model in models:
         model = absolute_model(model)
         for revision in revisions:
-            spec = RunSpec(
-                model=model,
-                revision=revision,
-                limit=str(args.limit).strip(),
-                prompt_format="chat" if chat else "plain",
-                system_prompt=args.system_prompt,
-                tasks=args.tasks,
-                label=args.label or model,
-            )
-            runs.append(PlannedRun(model, revision, spec))
+            answer = ask_launcher(args, model, revision, output_dir)
+            runs.append(PlannedRun(model, revision, answer["run_name"], answer["fingerprint"]))
     seen: dict[str, str] = {}
     for run in runs:
         if run.name in seen:
@@ -114,6 +120,19 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
     return runs
 
 
+def runs_to_do(
+    runs: list[PlannedRun], tasks: list[str], output_dir: Path
+) -> list[tuple[PlannedRun, dict[str, str]]]:
+    """The planned runs that are not complete for their fingerprint, each with its reasons
+    (task -> why). Every executor decides what to run here."""
+    todo = []
+    for run in runs:
+        missing = incomplete_tasks(output_dir / run.name, tasks, run.fingerprint)
+        if missing:
+            todo.append((run, missing))
+    return todo
+
+
 def default_group(args: argparse.Namespace) -> str:
     """Stable for one request, so that a resumed sweep logs into the same W&B group."""
     request = [args.models.split(), args.revisions.split(), args.tasks, args.limit, args.label]
@@ -121,11 +140,13 @@ def default_group(args: argparse.Namespace) -> str:
     return f"sweep-{short_hash(json.dumps(request))}"
 
 
-def make_command(args, run: PlannedRun, output_dir: Path, group: str) -> list[str]:
+def make_command(
+    args: argparse.Namespace, model: str, revision: str, output_dir: Path, group: str
+) -> list[str]:
     return [
         "make", "--no-print-directory", args.eval_target,
-        f"MODEL={run.model}",
-        f"REVISION={run.revision}",
+        f"MODEL={model}",
+        f"REVISION={revision}",
         f"LABEL={args.label}",
         f"TASKS={args.tasks}",
         f"LIMIT={args.limit}",
@@ -138,27 +159,29 @@ def make_command(args, run: PlannedRun, output_dir: Path, group: str) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    output_dir = Path(args.output_dir).expanduser()
+    output_dir = output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
     try:
         tasks = resolve_tasks(args.tasks)
-        runs = plan(args)
+        runs = plan(args, output_dir)
     except (UnknownTaskError, SweepError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output_dir = Path(args.output_dir).expanduser()
-    output_dir = output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
     group = args.wandb_group or default_group(args)
     env = dict(os.environ, SYSTEM_PROMPT=args.system_prompt)
     print(f"sweep: {len(runs)} run(s) of `make {args.eval_target}`, W&B group {group}")
+    todo = dict((run.name, missing) for run, missing in runs_to_do(runs, tasks, output_dir))
     failed: list[str] = []
     ran = 0
     for number, run in enumerate(runs, start=1):
         prefix = f"sweep [{number}/{len(runs)}] {run.name}"
-        todo = missing_tasks(output_dir / run.name, tasks)
-        if not todo:
-            print(f"{prefix}: complete, skipped", flush=True)
+        if run.name not in todo:
+            print(f"{prefix}: complete for this model and settings, skipped", flush=True)
             continue
-        command = make_command(args, run, output_dir, group)
-        print(f"{prefix}: {len(todo)} of {len(tasks)} task(s) to run", flush=True)
+        missing = todo[run.name]
+        command = make_command(args, run.model, run.revision, output_dir, group)
+        first = next(iter(missing.values()))
+        print(f"{prefix}: {len(missing)} of {len(tasks)} task(s) to run ({first})", flush=True)
         if args.dry_run:
             print("  " + shlex.join(command), flush=True)
             continue
@@ -169,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{prefix}: interrupted; run the sweep again to resume", file=sys.stderr)
             return 130
-        still = missing_tasks(output_dir / run.name, tasks)
+        # The run may have resolved a newer commit than the plan did: ask again.
+        still = runs_to_do(plan_one(args, run, output_dir), tasks, output_dir)
         seconds = time.monotonic() - started
         if code != 0:
             failed.append(f"{run.name} (make {args.eval_target} exit {code})")
         elif still:
-            failed.append(f"{run.name} (finished, but {len(still)} task(s) have no complete log)")
+            failed.append(f"{run.name} (finished, but {len(still[0][1])} task(s) are incomplete)")
         else:
             print(f"{prefix}: done in {seconds:.0f} s", flush=True)
     if failed:
@@ -189,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"sweep: all {len(runs)} run(s) complete ({ran} run now) under {output_dir}")
     return 0
+
+
+def plan_one(args: argparse.Namespace, run: PlannedRun, output_dir: Path) -> list[PlannedRun]:
+    answer = ask_launcher(args, run.model, run.revision, output_dir)
+    return [PlannedRun(run.model, run.revision, answer["run_name"], answer["fingerprint"])]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from propensity_evals.catalog import tasks_by_group
-from propensity_evals.show_prompts import continuations, render_context
+from propensity_evals.prompts import continuations, render_context
 from tests.conftest import results_json, samples
 from tests.wandb_records import logged_values
 

@@ -16,23 +16,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lm_eval.utils import (
-    get_file_datetime,
-    get_file_task_name,
-    get_latest_filename,
-    get_results_filenames,
-    get_sample_results_filenames,
+from propensity_evals.catalog import GROUPS, task_name
+from propensity_evals.run_files import (
+    RERUN_HINT,
+    RunFileError,
+    TaskFiles,
+    effective_samples,
+    results_files,
+)
+from propensity_evals.run_files import locate_tasks as _locate_tasks
+from propensity_evals.run_files import read_json as _read_json
+from propensity_evals.run_identity import (
+    RUN_INFO_FILE,
+    RunSpec,
+    results_fingerprint,
+    results_model_identity,
 )
 
-from propensity_evals.catalog import GROUPS, task_name
-from propensity_evals.run_naming import RUN_INFO_FILE, RunSpec
-
 REPORT_DIR_NAME = "report"
-RERUN_HINT = "re-run that model (`make sweep` re-runs incomplete runs) or delete the file"
 
 # task -> (group, category), for every task of the pack.
 TASKS: dict[str, tuple[str, str]] = {
@@ -47,13 +51,18 @@ class ReportError(RuntimeError):
     """Input the report cannot use as it stands; the message is one line saying what to do."""
 
 
-@dataclass
-class TaskFiles:
-    """Where one task's numbers come from in a run folder."""
+def read_json(path: Path) -> dict:
+    try:
+        return _read_json(path)
+    except RunFileError as error:
+        raise ReportError(str(error)) from None
 
-    results_path: Path
-    results: dict
-    samples_path: Path | None
+
+def locate_tasks(run_dir: Path) -> dict[str, TaskFiles]:
+    try:
+        return _locate_tasks(run_dir)
+    except RunFileError as error:
+        raise ReportError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -93,106 +102,6 @@ class Run:
     system_prompt: str
     series: str  # the run name without its revision: runs of one model across checkpoints
     tasks: dict[str, TaskLog] = field(default_factory=dict)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ReportError(f"{path}: not UTF-8 text; {RERUN_HINT}") from None
-    except json.JSONDecodeError as error:
-        raise ReportError(
-            f"{path}: truncated or invalid JSON ({error.msg} at line {error.lineno}, column "
-            f"{error.colno}); {RERUN_HINT}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object; {RERUN_HINT}")
-    return data
-
-
-def _stamp(filename: str) -> str:
-    return get_file_datetime(filename).removesuffix(".json")
-
-
-def locate_tasks(run_dir: Path, strict: bool = True) -> dict[str, TaskFiles]:
-    """task -> its latest results file and the sample log written with it.
-
-    ``strict=False`` (the sweep's completeness check) skips unreadable results files instead
-    of raising: a damaged run is simply not complete.
-    """
-    run_dir = Path(run_dir)
-    # Paths relative to the run folder, so that the folder's own name cannot look like a
-    # results file to lm-eval's substring matching.
-    listing = sorted(
-        "./" + path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()
-    )
-    parsed: dict[str, dict] = {}
-    holding: dict[str, list[str]] = defaultdict(list)
-    for name in get_results_filenames(listing):
-        if not name.endswith(".json"):
-            continue
-        try:
-            data = read_json(run_dir / name)
-        except ReportError:
-            if strict:
-                raise
-            continue
-        parsed[name] = data
-        for task in data.get("configs") or {}:
-            if task in TASKS:
-                holding[task].append(name)
-    samples: dict[tuple[str, str, str], str] = {}
-    for name in get_sample_results_filenames(listing):
-        folder, _, base = name.rpartition("/")
-        samples[(folder, get_file_task_name(base), _stamp(base))] = name
-    located = {}
-    for task, names in holding.items():
-        latest = get_latest_filename(names)
-        folder, _, base = latest.rpartition("/")
-        sample = samples.get((folder, task, _stamp(base)))
-        located[task] = TaskFiles(
-            results_path=run_dir / latest,
-            results=parsed[latest],
-            samples_path=run_dir / sample if sample else None,
-        )
-    return dict(sorted(located.items(), key=lambda item: TASK_ORDER.index(item[0])))
-
-
-def effective_samples(results: dict, task: str) -> int | None:
-    count = (results.get("n-samples") or {}).get(task, {}).get("effective")
-    return int(count) if count is not None else None
-
-
-def readable_lines(path: Path) -> int | None:
-    """How many JSON lines a sample log holds; None if any line does not parse (cut short)."""
-    count = 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-            except ValueError:
-                return None
-            count += 1
-    return count
-
-
-def missing_tasks(run_dir: Path, tasks: list[str]) -> list[str]:
-    """The requested tasks a run folder does not yet hold in full (results + sample log)."""
-    if not Path(run_dir).is_dir():
-        return list(tasks)
-    located = locate_tasks(run_dir, strict=False)
-    missing = []
-    for task in tasks:
-        files = located.get(task)
-        if files is None or files.samples_path is None:
-            missing.append(task)
-            continue
-        expected = effective_samples(files.results, task)
-        if expected is None or readable_lines(files.samples_path) != expected:
-            missing.append(task)
-    return missing
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -295,6 +204,7 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
     info_path = run_dir / RUN_INFO_FILE
     info = read_json(info_path) if info_path.is_file() else {}
     located = locate_tasks(run_dir)
+    located = _newest_model_only(run_dir, located, notes)
     if not located:
         if info:
             notes.append(
@@ -344,6 +254,42 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
         notes.append(f"{run.name}: no complete task: left out")
         return None
     return run
+
+
+def _newest_model_only(
+    run_dir: Path, located: dict[str, TaskFiles], notes: list[str]
+) -> dict[str, TaskFiles]:
+    """Keep the tasks scored under the newest results file's fingerprint; flag a run folder
+    whose model changed under the same name (new weights saved into the same folder, a hub
+    branch that moved) or whose settings changed between its results files."""
+    if not located:
+        return located
+    newest = max(located.values(), key=lambda files: files.results_path.name)
+    newest_task = next(task for task, files in located.items() if files is newest)
+    wanted = results_fingerprint(newest.results, newest_task)
+    wanted_model = results_model_identity(newest.results, newest_task)
+    models = {
+        results_model_identity(data, task)
+        for data in results_files(run_dir, strict=False).values()
+        for task in data.get("configs") or {}
+        if task in TASKS
+    }
+    if len(models) > 1:
+        notes.append(
+            f"{run_dir.name}: the model behind this name changed between runs (new weights or "
+            f"a moved revision): only results of the newest model ({str(wanted_model)[:12]}) "
+            "are used"
+        )
+    kept = {}
+    for task, files in located.items():
+        if results_fingerprint(files.results, task) == wanted:
+            kept[task] = files
+        else:
+            notes.append(
+                f"{run_dir.name}: {task} was last scored by a different model or settings than "
+                f"the newest results (fingerprint {str(wanted)[:12]}): left out; re-run it"
+            )
+    return kept
 
 
 def discover(output_dir: Path) -> tuple[list[Run], list[str]]:

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from propensity_evals.launch import LaunchError, choose_wandb_mode
+from propensity_evals.wandb_mode import WandbModeError, choose_wandb_mode
 
 RUN_NAME = "report"
 
@@ -30,7 +30,7 @@ def log_report(
     """Log ``tables`` (name -> (header, rows)) and ``images``; returns the run's folder."""
     try:
         mode = choose_wandb_mode(mode)
-    except LaunchError as error:
+    except WandbModeError as error:
         raise WandbError(str(error)) from None
     if mode == "disabled":
         print("W&B: WANDB_MODE=disabled, the report is not logged", file=sys.stderr)
