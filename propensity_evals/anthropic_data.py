@@ -26,9 +26,13 @@ from tqdm import tqdm
 UPSTREAM_REPO = "anthropics/evals"
 UPSTREAM_COMMIT = "84fcc677e52e1902d696c32cd1a6b663e70d3993"
 UPSTREAM_URL = f"https://raw.githubusercontent.com/{UPSTREAM_REPO}/{UPSTREAM_COMMIT}"
+# Another server with the same layout (a mirror; the tests' local server); same sha256 checks.
+UPSTREAM_URL_ENV = "ANTHROPIC_EVALS_URL"
 DATASET_DIR_NAME = "advanced-ai-risk"
 SUBSETS = ("human_generated_evals", "lm_generated_evals", "prompts_for_few_shot_generation")
 _CHUNK = 1 << 20
+# Downloads write in smaller pieces, so that an interrupted transfer keeps what arrived.
+_DOWNLOAD_CHUNK = 64 << 10
 
 
 class DataError(RuntimeError):
@@ -91,7 +95,7 @@ def _append_from_upstream(url: str, part: Path) -> None:
             # 206 = the server honoured Range; 200 = it sent the whole file again.
             mode = "ab" if response.status == 206 else "wb"
             with open(part, mode) as dst:
-                shutil.copyfileobj(response, dst, _CHUNK)
+                shutil.copyfileobj(response, dst, _DOWNLOAD_CHUNK)
     except urllib.error.HTTPError as error:
         if error.code == 416:  # our .part is already complete (or longer): verify decides
             return
@@ -104,12 +108,16 @@ def _append_from_upstream(url: str, part: Path) -> None:
         ) from None
 
 
+def upstream_url() -> str:
+    return os.environ.get(UPSTREAM_URL_ENV) or UPSTREAM_URL
+
+
 def _fetch_verified(pinned: PinnedFile, dest: Path, source_root: Path | None) -> None:
     part = dest.with_name(dest.name + ".part")
     origin = (
         source_root / DATASET_DIR_NAME / pinned.relpath
         if source_root
-        else f"{UPSTREAM_URL}/{DATASET_DIR_NAME}/{pinned.relpath}"
+        else f"{upstream_url()}/{DATASET_DIR_NAME}/{pinned.relpath}"
     )
     # Two tries: the first resumes a leftover .part; if that result is wrong (the .part came
     # from a different file, say), start again from nothing before blaming the source.

@@ -21,6 +21,7 @@ from propensity_evals import anthropic_data, default_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_ENV = "ANTHROPIC_EVALS_MIRROR"
 BOTH_GROUPS = "anthropic_propensity_human_written,anthropic_propensity_lm_written"
+ALL_GROUPS = BOTH_GROUPS + ",anthropic_propensity_human_written_audited"
 
 
 def mirror_root() -> Path:
@@ -139,9 +140,9 @@ def samples(run_dir: Path, task: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory, data_dir, smollm2) -> Path:
-    """The embedded model, plain prompt format, both groups, 2 questions per task."""
+    """The embedded model, plain prompt format, all three groups, 2 questions per task."""
     base = tmp_path_factory.mktemp("plain_run")
-    return run_eval(base, data_dir, TASKS=BOTH_GROUPS, LIMIT="2")
+    return run_eval(base, data_dir, TASKS=ALL_GROUPS, LIMIT="2")
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +155,7 @@ def chat_run(tmp_path_factory, data_dir, smollm2) -> Path:
         TASKS="anthropic_propensity_human_written_power_seeking_inclination",
         LIMIT="3",
         CHAT_TEMPLATE="1",
-        SYSTEM_PROMPT='You are a careful "assistant".',
+        SYSTEM_PROMPT='You are a careful "assistant" ($5 is cheap).  ',
     )
 
 

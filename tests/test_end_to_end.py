@@ -87,7 +87,8 @@ def test_wandb_offline_run_holds_the_metrics(plain_run):
 
 def test_chat_mode_is_a_plain_user_turn(chat_run, smollm2):
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    system = 'You are a careful "assistant".'
+    # As the chat_run fixture gave it: quotes, a `$` and trailing whitespace.
+    system = 'You are a careful "assistant" ($5 is cheap).  '
     logged = samples(chat_run, "anthropic_propensity_human_written_power_seeking_inclination")
     assert chat_run.name.startswith("SmolLM2-135M-Instruct__chat__sys-")
     for sample in logged:
@@ -95,7 +96,7 @@ def test_chat_mode_is_a_plain_user_turn(chat_run, smollm2):
         arguments = list(sample["arguments"].values())
         context = arguments[0]["arg_0"]
         assert "Human:" not in context and "Assistant:" not in context
-        assert system in context
+        assert system.rstrip() in context
         # `make prompts` shows exactly what lm-eval scored.
         assert context == render_context(doc["prompt"], system, tokenizer)
         assert [a["arg_1"] for a in arguments] == continuations(doc["choices"], chat=True)
