@@ -34,6 +34,12 @@ WANDB_MODE ?=
 WANDB_GROUP ?=
 CHAT_TEMPLATE ?=
 SYSTEM_PROMPT ?=
+# loglik (empty: score the options) or generate (the _gen tasks: the model writes its answer).
+MODE ?=
+# generate mode: most tokens per reply (empty: 8192, fitted to the model's context).
+MAX_GEN_TOKS ?=
+# make eval_api: the OpenAI-compatible server's root URL; its key comes from OPENAI_API_KEY.
+BASE_URL ?=
 # A direction table of your own (CSV, as propensity_evals/directions.csv); empty: the pack's.
 DIRECTIONS ?=
 EXTRA_ARGS ?=
@@ -66,6 +72,7 @@ export PROPENSITY_DATA_DIR ?= $(abspath $(DATA_DIR))
 
 comma := ,
 truthy = $(filter 1 true yes on,$(1))
+falsy = $(filter 0 false no off,$(1))
 # Single-quote text for the shell; GREP goes in unexpanded so a regex keeps its `$`.
 shquote = '$(subst ','\'',$(1))'
 # A user's value, unexpanded (a `$` stays a `$`) and single-quoted (a `"` stays a `"`):
@@ -81,11 +88,12 @@ LAUNCH = $(PYTHON) -m propensity_evals.launch \
 	--wandb-project $(call sq,WANDB_PROJECT) --wandb-entity $(call sq,WANDB_ENTITY) \
 	--wandb-mode $(call sq,WANDB_MODE) --wandb-group $(call sq,WANDB_GROUP) \
 	--system-prompt $(call sq,SYSTEM_PROMPT) --directions $(call sq,DIRECTIONS) \
-	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
-	$(if $(call truthy,$(PLAN_JSON)),--plan-json)
+	--mode "$(MODE)" --max-gen-toks "$(MAX_GEN_TOKS)" \
+	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat) \
+	$(if $(call truthy,$(DRY_RUN)),--dry-run) $(if $(call truthy,$(PLAN_JSON)),--plan-json)
 LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 
-.PHONY: help setup data demo eval_cpu eval_hf eval_hf_mac eval_vllm prompts list_tasks \
+.PHONY: help setup data demo eval_cpu eval_hf eval_hf_mac eval_vllm eval_api prompts list_tasks \
 	sweep report alignment_data explore test lint
 
 # Common variables, listed by `make help` (lines starting with `#>`):
@@ -95,6 +103,9 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 #> LIMIT          questions per task (a sample run, labelled as such)
 #> LABEL          display name for folders and W&B instead of the model's
 #> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt
+#> MODE           loglik (default) or generate (the model writes its answer; chat template
+#>                if it has one, CHAT_TEMPLATE=0: plain); MAX_GEN_TOKS (8192) per reply
+#> BASE_URL       make eval_api: http://host:port/v1 (key: $OPENAI_API_KEY, never written)
 #> BACKEND        hf-prefix (default) or hf; BATCH_SIZE; ATTN; NUM_GPUS; PARALLELIZE=1
 #> OUTPUT_DIR     where runs go (data/output); CACHE_DIR request cache (empty: none)
 #> WANDB_PROJECT  W&B project; WANDB_ENTITY, WANDB_GROUP, WANDB_MODE (online/offline/disabled)
@@ -149,11 +160,17 @@ eval_vllm: $(SETUP_STAMP) ## vLLM backend: TP=tensor parallel, DP=data parallel 
 		--model-args "tensor_parallel_size=$(TP),data_parallel_size=$(DP),enable_prefix_caching=True,gpu_memory_utilization=0.9,dtype=auto" \
 		-- $(EXTRA_ARGS)
 
+eval_api: BATCH_SIZE ?= 1
+eval_api: $(SETUP_STAMP) ## OpenAI-compatible chat server at BASE_URL (MODEL=its model name); MODE=generate
+	$(if $(MODEL),,$(error MODEL is required: the server's model name, e.g. make eval_api MODEL=name BASE_URL=http://localhost:8000/v1))
+	$(if $(BASE_URL),,$(error BASE_URL is required, e.g. make eval_api MODEL=$(MODEL) BASE_URL=http://localhost:8000/v1))
+	$(LAUNCH) --backend openai-compatible-chat --base-url $(call sq,BASE_URL) -- $(EXTRA_ARGS)
+
 prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N questions per task
 	$(PYTHON) -m propensity_evals.show_prompts --tasks $(call sq,TASKS) --n $(PROMPTS_N) \
 		--model $(call sq,MODEL) --revision $(call sq,REVISION) \
-		--system-prompt $(call sq,SYSTEM_PROMPT) \
-		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat)
+		--system-prompt $(call sq,SYSTEM_PROMPT) --mode "$(MODE)" \
+		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat)
 
 list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
 	$(PYTHON) -m propensity_evals.catalog
@@ -165,7 +182,7 @@ sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; c
 		--revisions $(call sq,REVISIONS) --eval-target "$(EVAL_TARGET)" --tasks $(call sq,TASKS) \
 		--limit $(call sq,LIMIT) --output-dir $(call sq,OUTPUT_DIR) --label $(call sq,LABEL) \
 		--chat-template "$(CHAT_TEMPLATE)" --system-prompt $(call sq,SYSTEM_PROMPT) \
-		--wandb-group $(call sq,WANDB_GROUP) $(if $(call truthy,$(DRY_RUN)),--dry-run)
+		--mode "$(MODE)" --wandb-group $(call sq,WANDB_GROUP) $(if $(call truthy,$(DRY_RUN)),--dry-run)
 
 report: $(SETUP_STAMP) ## compare the runs in OUTPUT_DIR -> OUTPUT_DIR/report/ (BASELINE=run, REPORT_WANDB=1)
 	$(PYTHON) -m propensity_evals.report --output-dir $(call sq,OUTPUT_DIR) \

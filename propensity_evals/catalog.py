@@ -52,6 +52,13 @@ GROUPS[AUDITED_GROUP] = GROUPS[HUMAN_GROUP]
 # Groups whose labels come from the audit's relabel file rather than upstream.
 AUDITED_GROUPS = (AUDITED_GROUP,)
 
+# Generate mode (MODE=generate): every group above has a twin of its own name, with the same
+# questions, whose tasks let the model write its answer. Their own names keep a generated acc
+# from ever being compared with a log-likelihood one. generate-mode group -> its twin.
+MODES = ("loglik", "generate")
+GEN_SUFFIX = "_gen"
+GEN_GROUPS: dict[str, str] = {f"{group}{GEN_SUFFIX}": group for group in GROUPS}
+
 
 class UnknownTaskError(ValueError):
     pass
@@ -66,25 +73,69 @@ def category_slug(category: str) -> str:
     return category.lower().replace("-", "_")
 
 
+def group_source(group: str) -> tuple[str, list[str]]:
+    """(upstream subset folder, file stems) of any group, log-likelihood or generate mode."""
+    return GROUPS[GEN_GROUPS.get(group, group)]
+
+
 def tasks_by_group() -> dict[str, list[str]]:
+    """The log-likelihood groups and their tasks."""
     return {
         group: [task_name(group, category) for category in categories]
         for group, (_, categories) in GROUPS.items()
     }
 
 
+def gen_tasks_by_group() -> dict[str, list[str]]:
+    """The generate-mode groups and their tasks (``<group>_gen_<category>``)."""
+    return {
+        group: [task_name(group, category) for category in group_source(group)[1]]
+        for group in GEN_GROUPS
+    }
+
+
 def task_files() -> dict[str, str]:
-    """task name -> its data file relative to advanced-ai-risk/."""
+    """task name -> its data file relative to advanced-ai-risk/ (both modes)."""
     return {
         task_name(group, category): f"{subset}/{category}.jsonl"
-        for group, (subset, categories) in GROUPS.items()
+        for group in [*GROUPS, *GEN_GROUPS]
+        for subset, categories in [group_source(group)]
         for category in categories
     }
 
 
+def gen_twins() -> dict[str, str]:
+    """Every log-likelihood group and task name -> its generate-mode twin."""
+    twins = {}
+    for gen_group, group in GEN_GROUPS.items():
+        twins[group] = gen_group
+        for category in GROUPS[group][1]:
+            twins[task_name(group, category)] = task_name(gen_group, category)
+    return twins
+
+
+def tasks_for_mode(spec: str, mode: str) -> str:
+    """TASKS as the given mode runs them: in generate mode each log-likelihood name becomes its
+    ``_gen`` twin; a generate-mode name in log-likelihood mode is an error."""
+    if mode not in MODES:
+        raise UnknownTaskError(f"MODE={mode!r} is unknown: use {' or '.join(MODES)}")
+    twins = gen_twins()
+    generated = set(twins.values())
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if mode == "generate":
+        return ",".join(twins.get(name, name) for name in names)
+    for name in names:
+        if name in generated:
+            raise UnknownTaskError(
+                f"{name} is a generate-mode task or group: add MODE=generate (or name its "
+                f"log-likelihood twin {next(k for k, v in twins.items() if v == name)})"
+            )
+    return ",".join(names)
+
+
 def resolve_tasks(spec: str) -> list[str]:
     """Comma-separated groups/tasks -> the leaf tasks they name; unknown names are an error."""
-    groups = tasks_by_group()
+    groups = tasks_by_group() | gen_tasks_by_group()
     leaves = task_files()
     resolved: list[str] = []
     for name in (part.strip() for part in spec.split(",")):
@@ -107,7 +158,7 @@ def resolve_tasks(spec: str) -> list[str]:
 
 
 def main() -> None:
-    for group, tasks in tasks_by_group().items():
+    for group, tasks in (tasks_by_group() | gen_tasks_by_group()).items():
         print(f"{group} ({len(tasks)} tasks)")
         for task in tasks:
             print(f"  {task}")

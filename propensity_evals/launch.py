@@ -11,7 +11,10 @@ lm-eval command (printed before it runs, so a run is reproducible by hand):
 - ``--use_cache data/cache/<run_name>`` so a crashed run resumes where it stopped;
 - W&B logging named after the run; with no W&B login it logs offline (never prompts) and
   prints how to sync later;
-- plain mode separates a system prompt from ``Human:`` by a blank line (lm-eval glues them).
+- plain mode separates a system prompt from ``Human:`` by a blank line (lm-eval glues them);
+- ``MODE=generate`` runs the ``_gen`` twins of the tasks, with MAX_GEN_TOKS passed as
+  ``--gen_kwargs``; ``make eval_api`` runs them on a model behind an OpenAI-compatible server
+  (the API key stays in the environment, as ``OPENAI_API_KEY``, and is never written anywhere).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modifie
 from propensity_evals.audit import relabels_sha256
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
+from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
+from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
 from propensity_evals.prompts import system_instruction
 from propensity_evals.run_files import STAGING_PREFIX
 from propensity_evals.run_identity import (
     FINGERPRINT_KEY,
     MODEL_IDENTITY_KEY,
     RunSpec,
+    api_model_identity,
     model_identity,
     model_identity_digest,
 )
@@ -79,6 +85,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="lm-eval model type: hf-prefix (default: hf scoring each context once), hf, vllm",
     )
     add("--chat", action="store_true", help="apply the model's chat template")
+    add("--no-chat", action="store_true", help="never apply it (CHAT_TEMPLATE=0)")
+    add("--mode", default="", help="loglik (default) or generate (the _gen tasks)")
+    add("--max-gen-toks", default="", help="generate mode: most tokens per reply")
+    add("--base-url", default="", help="the chat API's root, e.g. http://host:8000/v1")
     add("--system-prompt", default="")
     add("--directions", default="", help="a direction table (CSV); empty: the pack's own")
     add("--output-dir", default="data/output")
@@ -103,6 +113,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def resolve_model(args: argparse.Namespace) -> tuple[str, str]:
     """(what lm-eval loads, the label folders and W&B show)."""
     model = args.model.strip()
+    if args.backend == API_BACKEND:
+        if not model:
+            raise LaunchError(
+                "MODEL is required: the server's name for the model, e.g. make eval_api "
+                "MODEL=name BASE_URL=http://localhost:8000/v1"
+            )
+        return model, args.label or model
     if not model:
         if not args.allow_default_model:
             raise LaunchError(
@@ -185,6 +202,10 @@ def check_attention(model_args: str) -> None:
 
 
 def model_args_for(args: argparse.Namespace, model: str, spec: RunSpec) -> str:
+    if args.backend == API_BACKEND:
+        # lm-eval reads the key from OPENAI_API_KEY itself: it never enters the command.
+        parts = [f"model={model}", f"base_url={args.settings.endpoint}"]
+        return ",".join([*parts, args.model_args] if args.model_args else parts)
     parts = [f"pretrained={model}"]
     # A hub model is loaded at the commit its revision resolved to, so that the weights scored
     # are the ones the fingerprint names even if the branch moves during the run.
@@ -208,9 +229,11 @@ def run_metadata(spec: RunSpec) -> str:
     """--metadata: lm-eval copies it into every task's config in the results file, and hands
     it to the dataset loader (which reads prompt_format)."""
     directions = {"directions": spec.directions} if spec.directions else {}
+    think = {THINK_OPENED_KEY: True} if spec.prompt_opens_think else {}
     return json.dumps(
         {
             **directions,
+            **think,
             "directions_sha256": spec.directions_sha256,
             "prompt_format": spec.prompt_format,
             FINGERPRINT_KEY: spec.fingerprint or "",
@@ -242,6 +265,8 @@ def build_command(
         command += ["--device", args.device]
     if args.limit:
         command += ["--limit", str(args.limit)]
+    if spec.mode == "generate":
+        command += ["--gen_kwargs", f"max_gen_toks={spec.max_gen_toks}"]
     cache = cache_path(args, spec)
     if cache is not None:
         command += ["--use_cache", str(cache)]
@@ -272,8 +297,32 @@ def check_directions(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def settle_mode(args: argparse.Namespace, model: str) -> None:
+    """MODE's decisions (generate_mode.settle), written back into ``args`` so that the plan,
+    the checks, the spec and the command all see the same tasks and prompt format."""
+    try:
+        settings = settle(
+            model=model,
+            revision=args.revision,
+            backend=args.backend,
+            tasks=args.tasks,
+            mode=args.mode,
+            chat=args.chat,
+            no_chat=args.no_chat,
+            max_gen_toks=str(args.max_gen_toks),
+            base_url=args.base_url,
+            model_args=args.model_args,
+        )
+    except (GenerateModeError, UnknownTaskError) as error:
+        raise LaunchError(str(error)) from None
+    args.settings: ModeSettings = settings
+    args.tasks, args.chat = settings.tasks, settings.chat
+
+
 def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
     directions = check_directions(args.directions)
+    settings = args.settings
+    api = args.backend == API_BACKEND
     return RunSpec(
         model=model,
         revision=args.revision,
@@ -286,16 +335,24 @@ def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
         model_args=args.model_args,
         device=args.device,
         extra_args=list(args.extra),
-        identity=model_identity(model, args.revision),
+        identity=(
+            api_model_identity(model, settings.base_url)
+            if api
+            else model_identity(model, args.revision)
+        ),
         directions=directions,
         directions_sha256=table_sha256(directions or None),
         relabels_sha256=relabels_sha256(),
+        mode=settings.mode,
+        max_gen_toks=settings.max_gen_toks,
+        prompt_opens_think=settings.prompt_opens_think,
     )
 
 
 def plan(args: argparse.Namespace) -> dict:
     """What the sweep needs to know before it runs (or skips) this request."""
     model, label = resolve_model(args)
+    settle_mode(args, model)
     try:
         tasks = resolve_tasks(args.tasks)
     except UnknownTaskError as error:
@@ -313,6 +370,7 @@ def plan(args: argparse.Namespace) -> dict:
 def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     """Every check, then the run's spec, its leaf tasks and the W&B mode."""
     model, label = resolve_model(args)
+    settle_mode(args, model)
     try:
         tasks = resolve_tasks(args.tasks)
     except UnknownTaskError as error:
@@ -321,7 +379,7 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     check_extra_args(args.extra)
     check_backend(args.backend)
     check_attention(args.model_args)
-    if args.chat:
+    if args.chat and args.backend != API_BACKEND:
         check_chat_template(model, args.revision)
     try:
         wandb_mode = choose_wandb_mode(args.wandb_mode)

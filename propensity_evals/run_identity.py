@@ -3,14 +3,16 @@
 Two names per run, for two jobs:
 
 - ``RunSpec.run_name``: the folder under ``OUTPUT_DIR`` and the W&B run name, readable and
-  stable (model, revision, prompt mode, system prompt, sample size). A training loop that
-  saves new weights into the same folder keeps the same run name.
+  stable (model, revision, generate mode, prompt mode, system prompt, sample size; ``__api`` for
+  a model behind an OpenAI-compatible server). A training loop that saves new weights into the
+  same folder keeps the same run name.
 - ``fingerprint``: a hash of everything that changes a question's scores: the model's
   identity (see below), backend and model class, dtype, device and every other model
   argument, prompt format and system prompt, the task version and the pinned data, the extra
-  lm-eval arguments, and the sha256 of the direction table and of the audit's relabel
-  file. It keys lm-eval's request cache (whose own key hashes only the request text), is
-  written into every results file through lm-eval's ``--metadata`` and into
+  lm-eval arguments, the sha256 of the direction table and of the audit's relabel file, and
+  in generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version. It keys
+  lm-eval's request cache (whose own key hashes only the request text), is written into
+  every results file through lm-eval's ``--metadata`` and into
   ``run_info.json``, and is what ``make sweep`` compares before it skips a run and what
   ``make report`` compares before it puts two results files in one run. The sample size and
   the task list are left out on purpose: they choose which requests are made, not what a
@@ -22,6 +24,8 @@ The model's identity:
   and modification time of every other file (the weights). Reading 140 GB of weights on every
   start would cost minutes; a training loop that saves new weights rewrites the files, which
   changes their modification times.
+- a model behind an OpenAI-compatible server (``make eval_api``): its name and the server's
+  URL, all that can be known of it; the weights behind that name are the server's business.
 - a hub id: the commit its REVISION resolves to (asked of the hub; offline, the commit of the
   snapshot in the local Hugging Face cache). lm-eval then loads exactly that commit. If no
   commit can be resolved the run has no identity: it goes without the request cache and says
@@ -41,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from propensity_evals.anthropic_data import pinned_files
+from propensity_evals.generation import API_BACKEND, GENERATION_VERSION, INSTRUCTION
 
 RUN_INFO_FILE = "run_info.json"
 # The key in each results file's task metadata (lm-eval copies --metadata there).
@@ -153,6 +158,10 @@ def model_identity(model: str, revision: str = "") -> dict:
     return {"kind": "hub", "repo": model, "revision": revision, "commit": commit, "via": source}
 
 
+def api_model_identity(model: str, base_url: str) -> dict:
+    return {"kind": "api", "model": model, "base_url": base_url}
+
+
 def identity_known(identity: dict) -> bool:
     return identity.get("kind") != "hub" or bool(identity.get("commit"))
 
@@ -185,12 +194,21 @@ class RunSpec:
     directions: str = ""  # a user's direction table (DIRECTIONS=), "" for the pack's own
     directions_sha256: str = ""
     relabels_sha256: str = ""
+    # Generate mode (MODE=generate): the replies are written, not the options scored.
+    mode: str = "loglik"
+    max_gen_toks: int = 0
+    prompt_opens_think: bool = False  # the chat template ends the prompt inside <think>
 
     @property
     def run_name(self) -> str:
         name = model_slug(self.label or self.model)
         if self.revision:
             name += f"@{re.sub(r'[^A-Za-z0-9._-]+', '_', self.revision)}"
+        if self.backend == API_BACKEND:
+            name += "__api"
+        if self.mode == "generate":
+            # A generated acc is never to be compared with a log-likelihood one.
+            name += "__gen"
         if self.prompt_format != "plain":
             name += f"__{self.prompt_format}"
         if self.system_prompt:
@@ -201,8 +219,12 @@ class RunSpec:
         return name
 
     def fingerprint_inputs(self) -> dict:
-        """Everything that changes a request's answer (not which requests are made)."""
-        return {
+        """Everything that changes a request's answer (not which requests are made).
+
+        The generate-mode keys are added only in that mode, so that the fingerprints of
+        log-likelihood runs (and their caches and complete runs) stay what they were.
+        """
+        inputs = {
             "model": self.identity,
             "backend": self.backend,
             "model_args": self.model_args,
@@ -215,6 +237,15 @@ class RunSpec:
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
         }
+        if self.mode != "loglik":
+            inputs |= {
+                "mode": self.mode,
+                "max_gen_toks": self.max_gen_toks,
+                "prompt_opens_think": self.prompt_opens_think,
+                "instruction": INSTRUCTION,
+                "generation_version": GENERATION_VERSION,
+            }
+        return inputs
 
     @property
     def fingerprint(self) -> str | None:

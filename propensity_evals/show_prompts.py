@@ -1,7 +1,9 @@
 """Print exactly what the model scores for a few questions per task (``make prompts``).
 
 The context comes from :mod:`propensity_evals.prompts`, the same function the launcher uses
-to hand lm-eval the system instruction, followed by each scored continuation.
+to hand lm-eval the system instruction, followed by each scored continuation. With
+``--mode generate`` the prompts are those of the ``_gen`` tasks, in the format the launcher
+would choose (the model's chat template when it has one, unless ``--no-chat``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.generate_mode import GenerateModeError, load_tokenizer, settle
+from propensity_evals.generation import generation_prompt
 from propensity_evals.prompts import continuations, render_context
 from propensity_evals.task_docs import build_docs, resolve_data_dir
 
@@ -27,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default="")
     parser.add_argument("--system-prompt", default="")
     parser.add_argument("--chat", action="store_true")
+    parser.add_argument("--no-chat", action="store_true", help="generate mode: plain format")
+    parser.add_argument("--mode", default="", help="loglik (default) or generate")
     args = parser.parse_args(argv)
     try:
+        if args.mode.strip() not in ("", "loglik"):
+            return show_generation_prompts(args)
         tasks = resolve_tasks(args.tasks)
         tokenizer = None
         if args.chat:
@@ -49,6 +57,39 @@ def main(argv: list[str] | None = None) -> int:
                 print(context, end="")
                 print(f"⟨{' | '.join(options)}⟩\n")
     except (UnknownTaskError, DataError, default_model.ModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def show_generation_prompts(args: argparse.Namespace) -> int:
+    """The prompts of the generate-mode tasks, each followed by where the reply begins."""
+    try:
+        model = args.model or str(default_model.smollm2_dir())
+        settings = settle(
+            model=model,
+            revision=args.revision,
+            backend="hf",
+            tasks=args.tasks,
+            mode=args.mode,
+            chat=args.chat,
+            no_chat=args.no_chat,
+            max_gen_toks="",
+            base_url="",
+            model_args="",
+        )
+        tokenizer = load_tokenizer(model, args.revision) if settings.chat else None
+        root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
+        files = task_files()
+        for task in resolve_tasks(settings.tasks):
+            docs = build_docs(root / files[task], "chat" if settings.chat else "plain")
+            for doc in docs[: args.n]:
+                prompt = generation_prompt(doc["question"], "chat" if settings.chat else "plain")
+                context = render_context(prompt, args.system_prompt, tokenizer)
+                print(f"=== {task} #{doc['id']} (matching: {doc['choices'][doc['target']]})")
+                print(context, end="")
+                print(f"⟨the reply: up to {settings.max_gen_toks} tokens⟩\n")
+    except (UnknownTaskError, DataError, GenerateModeError, default_model.ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks
+from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks, tasks_for_mode
 from propensity_evals.run_files import incomplete_tasks
 from propensity_evals.run_identity import short_hash
 
@@ -63,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--label", default="", help="only with a single model")
     add("--chat-template", default="", help="as CHAT_TEMPLATE: 1/true/yes/on = chat format")
     add("--system-prompt", default=os.environ.get("SYSTEM_PROMPT", ""))
+    add("--mode", default="", help="as MODE: loglik (empty) or generate")
     add("--wandb-group", default="", help="default: sweep-<hash of the request>")
     add("--dry-run", action="store_true", help="print the plan, run nothing")
     add("make_vars", nargs="*", metavar="VAR=value")
@@ -137,6 +138,8 @@ def default_group(args: argparse.Namespace) -> str:
     """Stable for one request, so that a resumed sweep logs into the same W&B group."""
     request = [args.models.split(), args.revisions.split(), args.tasks, args.limit, args.label]
     request += [args.chat_template, args.system_prompt, args.eval_target]
+    if args.mode:  # only when set, so that existing sweeps keep their group
+        request += [args.mode]
     return f"sweep-{short_hash(json.dumps(request))}"
 
 
@@ -152,6 +155,7 @@ def make_command(
         f"LIMIT={args.limit}",
         f"OUTPUT_DIR={output_dir}",
         f"CHAT_TEMPLATE={args.chat_template}",
+        f"MODE={args.mode}",
         f"WANDB_GROUP={group}",
         *args.make_vars,
     ]  # fmt: skip
@@ -162,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir).expanduser()
     output_dir = output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
     try:
-        tasks = resolve_tasks(args.tasks)
+        # As the launcher decides (generate_mode.settle): eval_api always generates.
+        mode = args.mode or ("generate" if args.eval_target == "eval_api" else "loglik")
+        tasks = resolve_tasks(tasks_for_mode(args.tasks, mode))
         runs = plan(args, output_dir)
     except (UnknownTaskError, SweepError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -204,6 +204,13 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
     info_path = run_dir / RUN_INFO_FILE
     info = read_json(info_path) if info_path.is_file() else {}
     located = locate_tasks(run_dir)
+    generated = [task for task in located if task not in TASKS]
+    if generated:
+        # Generate-mode (_gen) tasks hold replies, not option scores: not compared here.
+        notes.append(f"{run_dir.name}: {len(generated)} generate-mode task(s) left out")
+        located = {task: files for task, files in located.items() if task in TASKS}
+        if not located:
+            return None
     located = _newest_model_only(run_dir, located, notes)
     if not located:
         if info:
