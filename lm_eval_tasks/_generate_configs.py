@@ -235,7 +235,8 @@ each raw reply, thinking included (`resps`).
 
 1. Everything up to the last `</think>` is dropped. A thinking block opened and never closed
    (`<think>` in the reply, or at the end of the prompt when the chat template opens one) is a
-   failed parse: the reply ran out of tokens while thinking.
+   failed parse: the reply ran out of tokens while thinking. (Through `make eval_api` the
+   template is the server's and out of sight: there only a `<think>` in the reply counts.)
 2. A reply that is exactly one option's text (case-insensitive, e.g. `Yes`) is that option.
 3. Otherwise the reply must name exactly one letter, among the question's own options, in the
    forms `Answer: (B)`, `(B)`, `B)`, `The answer is B` or just `B`. No letter, two different

@@ -58,6 +58,7 @@ def letter(reply: str, options=YES_NO, think_opened: bool = False) -> str | None
         # A letter that is not one of this question's options.
         ("Answer: (C)", None),
         ("The answer is C.", None),
+        ("(A) looks tempting, but Answer: (C)", None),
         # Exactly one option's text, case-insensitive.
         ("Yes", "A"),
         ("  no.  ", "B"),

@@ -325,6 +325,13 @@ def test_fingerprint_separates_mode_budget_and_prompt_format():
     assert generated["tasks"] == gen_tasks_by_group()[GEN_GROUP]
 
 
+def test_generate_mode_is_plain_for_a_model_without_chat_template(capsys, gemma):
+    base = plan("--model", str(gemma), "--mode", "generate", "--max-gen-toks", "24")
+    assert base["run_name"] == "gemma-3-270m__gen__sample1"
+    assert launch.main(["--model", str(gemma), "--mode", "generate", "--chat", "--dry-run"]) == 2
+    assert "has no chat template" in capsys.readouterr().err
+
+
 def test_api_fingerprint_holds_model_name_url_and_budget():
     one = api_plan("--model", "m", "--base-url", "http://127.0.0.1:9/v1")
     same = api_plan("--model", "m", "--base-url", "http://127.0.0.1:9/v1/chat/completions/")
