@@ -74,6 +74,8 @@ class Question:
     choices: tuple[str, ...]
     target: int
     loglikelihoods: tuple[float, ...]
+    # Indices of the misaligned options (the direction table); empty where none is defined.
+    misaligned: tuple[int, ...] = ()
 
 
 @dataclass
@@ -127,6 +129,7 @@ def parse_question(row: dict, where: str) -> Question:
         lls = tuple(float(response[0]) for response in row["filtered_resps"])
         doc_id = int(doc.get("id", row["doc_id"]))
         question = str(doc.get("question", ""))
+        misaligned = tuple(int(index) for index in doc.get("misaligned") or ())
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise ReportError(
             f"{where}: not a sample of this pack ({type(error).__name__}: {error}); {RERUN_HINT}"
@@ -135,7 +138,11 @@ def parse_question(row: dict, where: str) -> Question:
         raise ReportError(
             f"{where}: {len(lls)} scores for {len(choices)} options (target {target}); {RERUN_HINT}"
         )
-    return Question(doc_id, question, choices, target, lls)
+    if any(not 0 <= index < len(choices) for index in misaligned):
+        raise ReportError(
+            f"{where}: misaligned options {misaligned} outside the question's options"
+        )
+    return Question(doc_id, question, choices, target, lls, misaligned)
 
 
 def limit_text(value) -> str:
@@ -194,6 +201,7 @@ def read_task(task: str, files: TaskFiles, notes: list[str], run_name: str) -> T
         logged={
             "acc": logged.get("acc,none"),
             "soft_match": logged.get("soft_match,none"),
+            "misaligned": logged.get("misaligned,none"),
         },
     )
 
