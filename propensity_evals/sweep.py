@@ -121,6 +121,15 @@ def default_group(args: argparse.Namespace) -> str:
     return f"sweep-{short_hash(json.dumps(request))}"
 
 
+def runs_to_do(runs: list[PlannedRun], tasks: list[str], output_dir: Path) -> list[PlannedRun]:
+    """The planned runs whose folder does not yet hold every requested task in full.
+
+    The one place that decides what a sweep still has to run: the local loop, the SLURM
+    submission and `make sweep_status` all ask here.
+    """
+    return [run for run in runs if missing_tasks(Path(output_dir) / run.name, tasks)]
+
+
 def make_command(args, run: PlannedRun, output_dir: Path, group: str) -> list[str]:
     return [
         "make", "--no-print-directory", args.eval_target,
@@ -151,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep: {len(runs)} run(s) of `make {args.eval_target}`, W&B group {group}")
     failed: list[str] = []
     ran = 0
+    pending = runs_to_do(runs, tasks, output_dir)
     for number, run in enumerate(runs, start=1):
         prefix = f"sweep [{number}/{len(runs)}] {run.name}"
-        todo = missing_tasks(output_dir / run.name, tasks)
-        if not todo:
+        if run not in pending:
             print(f"{prefix}: complete, skipped", flush=True)
             continue
+        todo = missing_tasks(output_dir / run.name, tasks)
         command = make_command(args, run, output_dir, group)
         print(f"{prefix}: {len(todo)} of {len(tasks)} task(s) to run", flush=True)
         if args.dry_run:
@@ -169,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{prefix}: interrupted; run the sweep again to resume", file=sys.stderr)
             return 130
-        still = missing_tasks(output_dir / run.name, tasks)
         seconds = time.monotonic() - started
         if code != 0:
             failed.append(f"{run.name} (make {args.eval_target} exit {code})")
-        elif still:
-            failed.append(f"{run.name} (finished, but {len(still)} task(s) have no complete log)")
+        elif runs_to_do([run], tasks, output_dir):
+            failed.append(f"{run.name} (finished, but its folder is still incomplete)")
         else:
             print(f"{prefix}: done in {seconds:.0f} s", flush=True)
     if failed:
