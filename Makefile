@@ -116,7 +116,7 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 #> LIMIT          questions per task (a sample run, labelled as such)
 #> LABEL          display name for folders and W&B instead of the model's
 #> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt
-#> BACKEND        hf-prefix (default) or hf; BATCH_SIZE; ATTN; NUM_GPUS; PARALLELIZE=1
+#> BACKEND        hf-prefix (default; hf-mlm for masked LMs) or hf; BATCH_SIZE; ATTN; NUM_GPUS
 #> OUTPUT_DIR     where runs go (data/output); CACHE_DIR request cache (empty: none)
 #> WANDB_PROJECT  W&B project; WANDB_ENTITY, WANDB_GROUP, WANDB_MODE (online/offline/disabled)
 #> DIRECTIONS     your own direction table (CSV) for the misaligned metrics

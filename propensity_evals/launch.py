@@ -32,6 +32,7 @@ from pathlib import Path
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modified
 from propensity_evals.audit import relabels_sha256
+from propensity_evals.backend_choice import BackendChoiceError, choose_backend
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.prompts import system_instruction
@@ -229,7 +230,7 @@ def build_command(
     command = [
         *entry,
         "run",
-        "--model", args.backend,
+        "--model", spec.backend,
         "--model_args", model_args_for(args, model, spec),
         "--include_path", str(TASKS_DIR),
         "--tasks", args.tasks,
@@ -274,6 +275,11 @@ def check_directions(path: str) -> str:
 
 def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
     directions = check_directions(args.directions)
+    try:
+        # A masked LM gets hf-mlm in place of the default hf-prefix (README: Encoder models).
+        backend = choose_backend(args.backend, model, args.revision)
+    except BackendChoiceError as error:
+        raise LaunchError(str(error)) from None
     return RunSpec(
         model=model,
         revision=args.revision,
@@ -282,7 +288,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
         system_prompt=args.system_prompt,
         tasks=args.tasks,
         label=label,
-        backend=args.backend,
+        backend=backend,
         model_args=args.model_args,
         device=args.device,
         extra_args=list(args.extra),

@@ -1,4 +1,5 @@
-"""lm-eval's command line with this project's model classes registered (``hf-prefix``).
+"""lm-eval's command line with this project's model classes registered (``hf-prefix``, and
+``hf-mlm`` for masked LMs from :mod:`propensity_evals.masked_lm`).
 
 lm-eval 0.4.13 only finds its own model classes by name, so ``--model hf-prefix`` needs a
 process that has imported :mod:`propensity_evals.prefix_sharing_lm` before lm-eval parses
@@ -12,6 +13,7 @@ either of its forms::
 
 from __future__ import annotations
 
+import propensity_evals.masked_lm  # noqa: F401  (registers hf-mlm)
 import propensity_evals.prefix_sharing_lm  # noqa: F401  (registers hf-prefix)
 
 
