@@ -121,10 +121,11 @@ def test_hf_prefix_renders_the_closure_and_hf_does_not(r1_model, qwen3_model):
 
 def refusal(model, backend: str, data_dir, monkeypatch, capsys) -> str:
     """The launcher's answer to a chat-mode request on ``backend`` (in-process, as
-    ``make eval_cpu BACKEND=...`` calls it); nothing may run or be written."""
+    ``make eval_cpu BACKEND=...`` calls it). A dry run: were the request let through, the
+    command would be printed instead of run."""
     monkeypatch.setenv("PROPENSITY_DATA_DIR", str(data_dir))
     argv = ["--model", str(model), "--chat", "--tasks", TASK, "--backend", backend]
-    assert launch.main([*argv, "--wandb-mode", "disabled", "--output-dir", "unused"]) == 2
+    assert launch.main([*argv, "--wandb-mode", "disabled", "--dry-run"]) == 2
     out, err = capsys.readouterr()
     assert "lm_eval" not in out  # refused before the command was composed
     (line,) = err.strip().splitlines()
