@@ -3,7 +3,8 @@
 Everything a user can get wrong is checked here first and answered in one line (lm-eval
 itself spends ~13 s loading before it notices an unknown task, then prints a traceback):
 MODEL unset or not found, unknown task, data missing or modified, chat mode on a model
-without a chat template, flash-attn missing, a few-shot request. Then it composes the
+without a chat template (or on a reasoning model's, with a model class that would score inside
+its open thinking block), flash-attn missing, a few-shot request. Then it composes the
 lm-eval command (printed before it runs, so a run is reproducible by hand):
 
 - output into ``OUTPUT_DIR/<run_name>/`` (model, revision, prompt mode, sample size), with a
@@ -34,8 +35,9 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modifie
 from propensity_evals.audit import relabels_sha256
 from propensity_evals.backend_choice import BackendChoiceError, choose_backend
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.chat_rendering import CLOSING_BACKENDS
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
-from propensity_evals.prompts import system_instruction
+from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinking_closure
 from propensity_evals.run_files import STAGING_PREFIX
 from propensity_evals.run_identity import (
     FINGERPRINT_KEY,
@@ -155,7 +157,9 @@ def check_extra_args(extra: list[str]) -> None:
                 )
 
 
-def check_chat_template(model: str, revision: str) -> None:
+def check_chat_template(model: str, revision: str) -> str:
+    """Refuses a model without a chat template; returns how its thinking block is closed
+    (:func:`propensity_evals.prompts.thinking_closure`, "" for none)."""
     from transformers import AutoTokenizer
 
     try:
@@ -167,6 +171,24 @@ def check_chat_template(model: str, revision: str) -> None:
         raise LaunchError(
             f"{model} has no chat template (a base model?): run it without CHAT_TEMPLATE=1"
         )
+    return thinking_closure(tokenizer)
+
+
+def check_thinking_backend(model: str, backend: str, closure: str) -> None:
+    """Log-likelihood chat mode on a reasoning model needs a model class that closes its
+    thinking block; lm-eval's own (hf, vllm) would score the options inside it."""
+    if not closure or backend in CLOSING_BACKENDS:
+        return
+    where = (
+        "opens a thinking block (<think>) in its generation prompt"
+        if closure == CLOSED_BY_PACK
+        else "leaves the model to think unless told enable_thinking=False"
+    )
+    raise LaunchError(
+        f"{model}'s chat template {where}: BACKEND={backend} would score the options where the "
+        "model starts to reason; use BACKEND=hf-prefix (scores them after a closed, empty "
+        "<think></think>) or MODE=generate (lets the model think, then reads its answer)"
+    )
 
 
 def check_backend(backend: str) -> None:
@@ -258,7 +280,9 @@ def build_command(
         if args.wandb_group:
             wandb_args += f",group={args.wandb_group}"
         command += ["--wandb_args", wandb_args]
-        command += ["--wandb_config_args", f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"]
+        config = f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"
+        config += f",thinking_closure={spec.thinking_closure or 'none'}"
+        command += ["--wandb_config_args", config]
     return command + args.extra
 
 
@@ -273,7 +297,7 @@ def check_directions(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
+def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = "") -> RunSpec:
     directions = check_directions(args.directions)
     try:
         # A masked LM gets hf-mlm in place of the default hf-prefix (README: Encoder models).
@@ -296,6 +320,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
         directions=directions,
         directions_sha256=table_sha256(directions or None),
         relabels_sha256=relabels_sha256(),
+        thinking_closure=closure,
     )
 
 
@@ -306,7 +331,9 @@ def plan(args: argparse.Namespace) -> dict:
         tasks = resolve_tasks(args.tasks)
     except UnknownTaskError as error:
         raise LaunchError(str(error)) from None
-    spec = run_spec(args, model, label)
+    # The closure is part of the fingerprint, so the plan asks the template as the run does.
+    closure = check_chat_template(model, args.revision) if args.chat else ""
+    spec = run_spec(args, model, label, closure)
     return {
         "run_name": spec.run_name,
         "run_dir": str(Path(args.output_dir).resolve() / spec.run_name),
@@ -327,13 +354,15 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     check_extra_args(args.extra)
     check_backend(args.backend)
     check_attention(args.model_args)
+    closure = ""
     if args.chat:
-        check_chat_template(model, args.revision)
+        closure = check_chat_template(model, args.revision)
+        check_thinking_backend(model, args.backend, closure)
     try:
         wandb_mode = choose_wandb_mode(args.wandb_mode)
     except WandbModeError as error:
         raise LaunchError(str(error)) from None
-    spec = run_spec(args, model, label)
+    spec = run_spec(args, model, label, closure)
     if spec.fingerprint is None:
         print(
             f"note: cannot resolve {model}@{args.revision or 'main'} to a commit "

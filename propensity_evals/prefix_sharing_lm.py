@@ -36,13 +36,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from propensity_evals.chat_rendering import ClosedThinkingChatMixin
+
 # lm-eval's encoded request: ((context, continuation) or None, context_enc, continuation_enc)
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
 @register_model("hf-prefix")
-class PrefixSharingLM(HFLM):
-    """``HFLM`` that runs each distinct context once per loglikelihood call."""
+class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
+    """``HFLM`` that runs each distinct context once per loglikelihood call (and renders chat
+    prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`)."""
 
     def _loglikelihood_tokens(
         self,

@@ -7,7 +7,8 @@ Two names per run, for two jobs:
   saves new weights into the same folder keeps the same run name.
 - ``fingerprint``: a hash of everything that changes a question's scores: the model's
   identity (see below), backend and model class, dtype, device and every other model
-  argument, prompt format and system prompt, the task version and the pinned data, the extra
+  argument, prompt format and system prompt (and, for a reasoning model in chat mode, how its
+  thinking block is closed), the task version and the pinned data, the extra
   lm-eval arguments, and the sha256 of the direction table and of the audit's relabel
   file. It keys lm-eval's request cache (whose own key hashes only the request text), is
   written into every results file through lm-eval's ``--metadata`` and into
@@ -185,6 +186,9 @@ class RunSpec:
     directions: str = ""  # a user's direction table (DIRECTIONS=), "" for the pack's own
     directions_sha256: str = ""
     relabels_sha256: str = ""
+    # How a reasoning model's thinking block is closed in chat mode (prompts.thinking_closure);
+    # "" for a template without one, and always in plain mode.
+    thinking_closure: str = ""
 
     @property
     def run_name(self) -> str:
@@ -202,7 +206,7 @@ class RunSpec:
 
     def fingerprint_inputs(self) -> dict:
         """Everything that changes a request's answer (not which requests are made)."""
-        return {
+        inputs = {
             "model": self.identity,
             "backend": self.backend,
             "model_args": self.model_args,
@@ -215,6 +219,11 @@ class RunSpec:
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
         }
+        if self.thinking_closure:
+            # Only where there is one, so that every other run keeps its fingerprint (and its
+            # request cache and complete results) from before reasoning models were handled.
+            inputs["thinking_closure"] = self.thinking_closure
+        return inputs
 
     @property
     def fingerprint(self) -> str | None:

@@ -104,6 +104,15 @@ class Run:
     system_prompt: str
     series: str  # the run name without its revision: runs of one model across checkpoints
     tasks: dict[str, TaskLog] = field(default_factory=dict)
+    thinking_closure: str = ""  # run_info.json's; "" for none (and for runs from before it)
+
+    @property
+    def prompt_label(self) -> str:
+        """The prompt mode as the report shows it: format, system prompt, thinking block."""
+        text = self.prompt_format + (" + system prompt" if self.system_prompt else "")
+        if self.thinking_closure:
+            text += f" + empty thinking block ({self.thinking_closure})"
+        return text
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -240,6 +249,7 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
         prompt_format=spec.prompt_format,
         system_prompt=spec.system_prompt,
         series=series if info else re.sub(r"@[^_]*", "", run_dir.name),
+        thinking_closure=str(info.get("thinking_closure") or ""),
     )
     for task, files in located.items():
         log = read_task(task, files, notes, run.name)

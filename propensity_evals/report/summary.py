@@ -215,12 +215,9 @@ def coverage(run_set: RunSet, warnings: list[str]) -> None:
                 f"have ({', '.join(task_label(task) for task in missing)}): its group averages "
                 "cover fewer categories"
             )
-    formats = {(run.prompt_format, run.system_prompt) for run in run_set.runs}
+    formats = {(run.prompt_format, run.system_prompt, run.thinking_closure) for run in run_set.runs}
     if len(formats) > 1:
-        described = ", ".join(
-            f"{run.name}: {run.prompt_format}{' + system prompt' if run.system_prompt else ''}"
-            for run in run_set.runs
-        )
+        described = ", ".join(f"{run.name}: {run.prompt_label}" for run in run_set.runs)
         warnings.append(
             f"set {run_set.index} mixes prompt formats ({described}): differences between "
             "these runs include the prompt change"

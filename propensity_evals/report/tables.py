@@ -143,7 +143,7 @@ def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) ->
                     run.name,
                     run.model,
                     run.revision or "—",
-                    run.prompt_format + (" + system prompt" if run.system_prompt else ""),
+                    run.prompt_label,
                     run.limit or "none",
                     str(len(run.tasks)),
                     str(questions),
