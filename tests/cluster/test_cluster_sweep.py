@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from propensity_evals.report.load import missing_tasks
+from propensity_evals.run_files import incomplete_tasks
 from tests.cluster.conftest import SURVIVAL, ClusterSweep, next_job_id, queue, slurm, wait_for
 from tests.conftest import REPO_ROOT, make, samples
 
@@ -27,6 +27,12 @@ SMOL = "SmolLM2-135M-Instruct__sample1"
 GEMMA = "gemma-3-270m__sample1"
 SETUP_MARK = "cluster-setup-ran-in"
 RUN_TIMEOUT = 900  # one eval of 1 question is ~1 min here; the machine may be shared
+
+
+def complete(run_dir: Path, tasks: list[str]) -> bool:
+    """Complete for the fingerprint the run's own run_info.json records."""
+    fingerprint = json.loads((run_dir / "run_info.json").read_text())["fingerprint"]
+    return not incomplete_tasks(run_dir, tasks, fingerprint)
 
 
 @dataclass
@@ -134,7 +140,7 @@ def test_status_while_queued_and_running(first_sweep):
 def test_a_task_cancelled_mid_run_leaves_its_run_untouched(first_sweep):
     sweep, status = first_sweep.sweep, first_sweep.status["cancelled"]
     assert sweep.run_state(status, SMOL) == "done"
-    assert missing_tasks(sweep.output / SMOL, [SURVIVAL]) == []
+    assert complete(sweep.output / SMOL, [SURVIVAL])
     assert sweep.run_state(status, GEMMA) == "failed"
     assert "CANCELLED AT" in status_line(status, GEMMA)  # slurmstepd's line from the log
     assert "1 done, 1 failed" in status
@@ -153,7 +159,7 @@ def test_resubmission_sends_the_cancelled_run_alone(resubmitted):
     status = resubmitted.status["done"]
     assert sweep.run_state(status, GEMMA) == "done"
     assert status.splitlines()[-1] == "1 done"
-    assert missing_tasks(sweep.output / GEMMA, [SURVIVAL]) == []
+    assert complete(sweep.output / GEMMA, [SURVIVAL])
     # The complete run was not touched.
     assert sorted((sweep.output / SMOL).rglob("results_*.json")) == resubmitted.smol_results
 
