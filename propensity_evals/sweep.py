@@ -94,7 +94,9 @@ def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        # The launcher's own one-line error, not make's "*** Error 2" trailer after it.
+        reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1])
         raise SweepError(f"cannot plan {model}{'@' + revision if revision else ''}: {reason}")
     try:
         return json.loads(lines[-1])

@@ -25,6 +25,10 @@ REFUSED = {
         {"CLUSTER_SBATCH_EXTRA": "-C a100"},
         "CLUSTER_SBATCH_EXTRA: write each option as --name=value or --flag (got '-C')",
     ),
+    "model path that does not exist": (
+        {"MODELS": "/no/such/model"},
+        "cannot plan /no/such/model: error: model path /no/such/model not found",
+    ),
     "option sbatch does not know": (
         {"CLUSTER_SBATCH_EXTRA": "--no-such-option=1"},
         "sbatch refused the job: sbatch: unrecognized option '--no-such-option=1'",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,14 +199,19 @@ def test_report_reads_the_runs_the_cluster_wrote(resubmitted, mirror):
         assert math.isclose(float(rows[run]["human/survival-instinct"]), expected)
 
 
-def test_a_failed_run_shows_the_error_line_of_its_log(tmp_path, data_dir, slurm_conf):
-    sweep = ClusterSweep(tmp_path, data_dir, slurm_conf, MODELS="/no/such/model")
+def test_a_failed_run_shows_the_error_line_of_its_log(tmp_path, data_dir, smollm2, slurm_conf):
+    # A model folder without weights: planned and submitted, then its eval fails in the job.
+    # (A path that does not exist is refused before submitting: test_cluster_refusals.)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(smollm2 / "config.json", broken)
+    sweep = ClusterSweep(tmp_path, data_dir, slurm_conf, MODELS=str(broken))
     sweep.submit()
     wait_for(lambda: not queue(slurm_conf), RUN_TIMEOUT, "the failing run", 1, sweep.explain)
-    line = status_line(sweep.status(), "model__sample1")
-    assert sweep.run_state(line, "model__sample1") == "failed"
-    assert "error: model path /no/such/model not found" in line  # the launcher's own line
-    assert not (sweep.output / "model__sample1").exists()
+    line = status_line(sweep.status(), "broken__sample1")
+    assert sweep.run_state(line, "broken__sample1") == "failed"
+    assert "lm-eval failed" in line or "exited with status" in line, line
+    assert not (sweep.output / "broken__sample1").exists()
 
 
 def test_sweep_cancel_stops_the_last_submission(tmp_path, data_dir, smollm2, gemma, slurm_conf):
