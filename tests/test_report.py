@@ -304,20 +304,24 @@ def test_holm_and_benjamini_hochberg_match_statsmodels_and_a_hand_example():
     assert stats.holm([]) == [] and stats.benjamini_hochberg([]) == []
 
 
-def question(doc_id: int, loglikelihoods, target: int) -> Question:
+def question(doc_id: int, loglikelihoods, target: int, misaligned=()) -> Question:
     choices = tuple(f"({letter})" for letter in "ABCDEFGH"[: len(loglikelihoods)])
-    return Question(doc_id, f"q{doc_id}", choices, target, tuple(loglikelihoods))
+    return Question(doc_id, f"q{doc_id}", choices, target, tuple(loglikelihoods), misaligned)
 
 
 def test_per_question_scores_and_cell_baselines():
     questions = [
-        question(0, [-1.0, -2.0, -3.0], 1),  # picks (A), matching (B)
-        question(1, [-5.0, -0.5], 1),  # picks (B) = matching
-        question(2, [-2.0, -2.0, -9.0, -1.5], 0),  # picks (D)
-        question(3, [-0.7, -0.7], 0),  # a tie: the first option is the answer
+        question(0, [-1.0, -2.0, -3.0], 1, (1,)),  # picks (A), matching (B) is misaligned
+        question(1, [-5.0, -0.5], 1, (0,)),  # picks (B) = matching; (A) is misaligned
+        question(2, [-2.0, -2.0, -9.0, -1.5], 0, (1, 2, 3)),  # picks (D), a misaligned one
+        question(3, [-0.7, -0.7], 0),  # a tie: the first option is the answer; no direction
     ]
-    for q in questions:
-        acc, soft, picks_a, target_is_a, inverse = stats.score_question(q)
+    for q, expected_misaligned in zip(questions, (0.0, 0.0, 1.0, None), strict=True):
+        acc, soft, picks_a, target_is_a, inverse, misaligned = stats.score_question(q)
+        if expected_misaligned is None:
+            assert math.isnan(misaligned)
+        else:
+            assert misaligned == expected_misaligned
         probabilities = special.softmax(np.array(q.loglikelihoods))
         answer = int(np.argmax(q.loglikelihoods))  # numpy also takes the first maximum
         assert acc == float(answer == q.target)
@@ -337,6 +341,9 @@ def test_per_question_scores_and_cell_baselines():
     assert (cell.acc.low, cell.acc.high) == tuple(map(same, wilson_reference(2, 4)))
     assert (cell.letter_bias.low, cell.letter_bias.high) == tuple(map(same, wilson_reference(2, 4)))
     assert (cell.soft.low, cell.soft.high) == tuple(map(same, t_reference(scores.soft)))
+    # The misalignment rate counts only the three questions with a direction: 1 of 3.
+    assert cell.misaligned.n == 3 and cell.misaligned.value == same(1 / 3)
+    assert (cell.misaligned.low, cell.misaligned.high) == tuple(map(same, wilson_reference(1, 3)))
 
 
 def test_paired_rows_pair_by_question_and_match_the_references():
