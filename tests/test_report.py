@@ -664,8 +664,10 @@ def test_charts_are_valid_pngs(models_report):
     charts = sorted(path.name for path in models_report.glob("*.png"))
     assert charts == [
         "bars_acc.png",
+        "bars_misaligned.png",  # the tasks include directed categories (survival instinct)
         "bars_soft_match.png",
         "heatmap_acc.png",
+        "heatmap_misaligned.png",
         "heatmap_soft_match.png",
     ]  # fmt: skip  (two different models: no revision chart)
     for name in charts:
