@@ -455,9 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, WANDB_MODE=wandb_mode) if wandb_mode != "disabled" else None
     code, error_line = run_lm_eval(command, env)
     if code == 0:
-        from propensity_evals.run_files import incomplete_tasks
+        from propensity_evals.run_files import unwritten_tasks
 
-        missing = incomplete_tasks(staging, tasks, spec.fingerprint or "")
+        missing = unwritten_tasks(staging, tasks)
         if missing:
             task, reason = next(iter(missing.items()))
             detail = f" ({error_line})" if error_line else ""

@@ -34,7 +34,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from propensity_evals.report import stats
 from propensity_evals.report.load import Question
-from propensity_evals.run_files import incomplete_tasks
+from propensity_evals.run_files import incomplete_tasks, unwritten_tasks
 from tests.conftest import isolated_env, make, samples
 from tests.wandb_records import logged_values, records
 
@@ -544,10 +544,22 @@ def test_second_sweep_skips_complete_runs_and_refuses_a_bad_model(
 def test_an_interrupted_run_is_not_complete(two_models, tmp_path):
     run = tmp_path / SMOL
     shutil.copytree(two_models / "output" / SMOL, run)
+    # A run whose model identity was unknown records no fingerprint: its files are complete (the
+    # launcher promotes them), but a sweep never takes it as done.
+    unknown = tmp_path / "unknown"
+    shutil.copytree(run, unknown)
+    (results,) = unknown.rglob("results_*.json")
+    data = json.loads(results.read_text())
+    for task in TASKS:
+        data["configs"][task]["metadata"]["run_fingerprint"] = ""
+    results.write_text(json.dumps(data))
+    assert unwritten_tasks(unknown, TASKS) == {}
+    assert list(incomplete_tasks(unknown, TASKS, None)) == TASKS
     (sample_log,) = run.rglob(f"samples_{TASKS[1]}_*.jsonl")
     lines = sample_log.read_text().splitlines(keepends=True)
     sample_log.write_text("".join(lines[:-1]))  # a log cut short
     assert missing_tasks(run, TASKS) == [TASKS[1]]
+    assert list(unwritten_tasks(run, TASKS)) == [TASKS[1]]
     (results,) = run.rglob("results_*.json")
     results.write_text(results.read_text()[:500])  # a results file cut short
     assert missing_tasks(run, TASKS) == TASKS
