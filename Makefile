@@ -66,6 +66,27 @@ REPORT_WANDB ?=
 DRY_RUN ?=
 # Set by `make sweep` to ask an eval target for its run folder and fingerprint without running.
 PLAN_JSON ?=
+# make sweep EXECUTOR=slurm: the sweep as one SLURM job array, one task per run. The CLUSTER_*
+# settings (per run) reach it through the environment; CLUSTER_DIR holds the submission records,
+# logs and staging folders, on a filesystem the nodes share. Empty PARTITION, ACCOUNT, QOS, MEM:
+# the cluster's defaults; empty PARALLELISM: no limit; CLUSTER_SETUP: shell lines run first in
+# each job (`module load ...`); CLUSTER_SBATCH_EXTRA: raw options (`--constraint=a100`).
+EXECUTOR ?= local
+export CLUSTER_DIR ?= data/cluster
+export CLUSTER_PARTITION ?=
+export CLUSTER_ACCOUNT ?=
+export CLUSTER_QOS ?=
+export CLUSTER_TIME ?= 12:00:00
+export CLUSTER_GPUS ?= 1
+export CLUSTER_CPUS ?= 8
+export CLUSTER_MEM ?=
+export CLUSTER_PARALLELISM ?=
+export CLUSTER_SETUP ?=
+export CLUSTER_SBATCH_EXTRA ?=
+# Shell text for the job: exported as typed, so `$$SCRATCH` or `$$(hostname)` reach the job.
+override CLUSTER_SETUP := $(value CLUSTER_SETUP)
+override CLUSTER_SBATCH_EXTRA := $(value CLUSTER_SBATCH_EXTRA)
+SWEEP_COMMAND = $(PYTHON) -m propensity_evals.$(if $(filter slurm,$(EXECUTOR)),cluster.submit,sweep)
 
 # Where the tasks read advanced-ai-risk/ from (utils.py falls back to ./data without it).
 export PROPENSITY_DATA_DIR ?= $(abspath $(DATA_DIR))
@@ -106,7 +127,7 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 #> MODE           loglik (default) or generate (the model writes its answer; chat template
 #>                if it has one, CHAT_TEMPLATE=0: plain); MAX_GEN_TOKS (8192) per reply
 #> BASE_URL       make eval_api: http://host:port/v1 (key: $OPENAI_API_KEY, never written)
-#> BACKEND        hf-prefix (default) or hf; BATCH_SIZE; ATTN; NUM_GPUS; PARALLELIZE=1
+#> BACKEND        hf-prefix (default; hf-mlm for masked LMs) or hf; BATCH_SIZE; ATTN; NUM_GPUS
 #> OUTPUT_DIR     where runs go (data/output); CACHE_DIR request cache (empty: none)
 #> WANDB_PROJECT  W&B project; WANDB_ENTITY, WANDB_GROUP, WANDB_MODE (online/offline/disabled)
 #> DIRECTIONS     your own direction table (CSV) for the misaligned metrics
@@ -178,7 +199,8 @@ list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
 # Command-line variables (CACHE_DIR, BATCH_SIZE, EXTRA_ARGS, WANDB_*, DATA_DIR, ...) reach each
 # `make $(EVAL_TARGET)` of the sweep through make's MAKEFLAGS; the sweep sets MODEL and REVISION.
 sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; complete runs are skipped
-	$(PYTHON) -m propensity_evals.sweep --models $(if $(value MODELS),$(call sq,MODELS),$(call sq,MODEL)) \
+	$(if $(filter-out local slurm,$(EXECUTOR)),$(error EXECUTOR=$(EXECUTOR): use local (here, one run after the other) or slurm (one SLURM job array)))
+	$(SWEEP_COMMAND) --models $(if $(value MODELS),$(call sq,MODELS),$(call sq,MODEL)) \
 		--revisions $(call sq,REVISIONS) --eval-target "$(EVAL_TARGET)" --tasks $(call sq,TASKS) \
 		--limit $(call sq,LIMIT) --output-dir $(call sq,OUTPUT_DIR) --label $(call sq,LABEL) \
 		--chat-template "$(CHAT_TEMPLATE)" --system-prompt $(call sq,SYSTEM_PROMPT) \
@@ -204,6 +226,18 @@ explore: $(SETUP_STAMP) ## summarise the corpus into ALIGNMENT_DIR/report/ (GREP
 test: $(SETUP_STAMP) ## run the tests (offline; data mirror: $ANTHROPIC_EVALS_MIRROR)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
 		$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+.PHONY: sweep_status sweep_cancel test_cluster
+
+sweep_status: $(SETUP_STAMP) ## per run of the last SLURM sweep: queued, running, done or failed
+	$(PYTHON) -m propensity_evals.cluster.status
+
+sweep_cancel: $(SETUP_STAMP) ## cancel what the last SLURM sweep still has queued or running
+	$(PYTHON) -m propensity_evals.cluster.cancel
+
+test_cluster: $(SETUP_STAMP) ## the SLURM tests on a throwaway local cluster (root; installs slurm-wlm)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: $(SETUP_STAMP) ## ruff check + format check
 	$(PYTHON) -m ruff check .

@@ -14,9 +14,13 @@ prompt rendering or scoring changes: it is part of every run's fingerprint.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
+
+# This checkout's package, whatever the current directory or the installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from propensity_evals.anthropic_data import UPSTREAM_COMMIT, UPSTREAM_REPO, pinned_sha256
 from propensity_evals.audit import RELABELS_FILE, relabels_sha256

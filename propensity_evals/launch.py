@@ -3,7 +3,8 @@
 Everything a user can get wrong is checked here first and answered in one line (lm-eval
 itself spends ~13 s loading before it notices an unknown task, then prints a traceback):
 MODEL unset or not found, unknown task, data missing or modified, chat mode on a model
-without a chat template, flash-attn missing, a few-shot request. Then it composes the
+without a chat template (or on a reasoning model's, with a model class that would score inside
+its open thinking block), flash-attn missing, a few-shot request. Then it composes the
 lm-eval command (printed before it runs, so a run is reproducible by hand):
 
 - output into ``OUTPUT_DIR/<run_name>/`` (model, revision, prompt mode, sample size), with a
@@ -35,11 +36,13 @@ from pathlib import Path
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modified
 from propensity_evals.audit import relabels_sha256
+from propensity_evals.backend_choice import BackendChoiceError, choose_backend
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.chat_rendering import CLOSING_BACKENDS
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
 from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
-from propensity_evals.prompts import system_instruction
+from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinking_closure
 from propensity_evals.run_files import STAGING_PREFIX
 from propensity_evals.run_identity import (
     FINGERPRINT_KEY,
@@ -171,7 +174,9 @@ def check_extra_args(extra: list[str]) -> None:
                 )
 
 
-def check_chat_template(model: str, revision: str) -> None:
+def check_chat_template(model: str, revision: str) -> str:
+    """Refuses a model without a chat template; returns how its thinking block is closed
+    (:func:`propensity_evals.prompts.thinking_closure`, "" for none)."""
     from transformers import AutoTokenizer
 
     try:
@@ -183,6 +188,24 @@ def check_chat_template(model: str, revision: str) -> None:
         raise LaunchError(
             f"{model} has no chat template (a base model?): run it without CHAT_TEMPLATE=1"
         )
+    return thinking_closure(tokenizer)
+
+
+def check_thinking_backend(model: str, backend: str, closure: str) -> None:
+    """Log-likelihood chat mode on a reasoning model needs a model class that closes its
+    thinking block; lm-eval's own (hf, vllm) would score the options inside it."""
+    if not closure or backend in CLOSING_BACKENDS:
+        return
+    where = (
+        "opens a thinking block (<think>) in its generation prompt"
+        if closure == CLOSED_BY_PACK
+        else "leaves the model to think unless told enable_thinking=False"
+    )
+    raise LaunchError(
+        f"{model}'s chat template {where}: BACKEND={backend} would score the options where the "
+        "model starts to reason; use BACKEND=hf-prefix (scores them after a closed, empty "
+        "<think></think>) or MODE=generate (lets the model think, then reads its answer)"
+    )
 
 
 def check_backend(backend: str) -> None:
@@ -252,7 +275,7 @@ def build_command(
     command = [
         *entry,
         "run",
-        "--model", args.backend,
+        "--model", spec.backend,
         "--model_args", model_args_for(args, model, spec),
         "--include_path", str(TASKS_DIR),
         "--tasks", args.tasks,
@@ -282,7 +305,9 @@ def build_command(
         if args.wandb_group:
             wandb_args += f",group={args.wandb_group}"
         command += ["--wandb_args", wandb_args]
-        command += ["--wandb_config_args", f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"]
+        config = f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"
+        config += f",thinking_closure={spec.thinking_closure or 'none'}"
+        command += ["--wandb_config_args", config]
     return command + args.extra
 
 
@@ -319,10 +344,26 @@ def settle_mode(args: argparse.Namespace, model: str) -> None:
     args.tasks, args.chat = settings.tasks, settings.chat
 
 
-def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
+def loglik_chat_closure(args: argparse.Namespace, model: str) -> str:
+    """How the chat prompt's thinking block is closed (prompts.thinking_closure): only in
+    log-likelihood chat mode. Generate mode lets the model think; the chat API's template is
+    the server's."""
+    if not args.chat or args.backend == API_BACKEND:
+        return ""
+    closure = check_chat_template(model, args.revision)
+    return closure if args.settings.mode == "loglik" else ""
+
+
+def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = "") -> RunSpec:
     directions = check_directions(args.directions)
     settings = args.settings
     api = args.backend == API_BACKEND
+    try:
+        # A masked LM gets hf-mlm in place of the default hf-prefix (README: Encoder models);
+        # generate mode writes with lm-eval's stock hf class (thinking left open).
+        backend = choose_backend(args.backend, model, args.revision, settings.mode)
+    except BackendChoiceError as error:
+        raise LaunchError(str(error)) from None
     return RunSpec(
         model=model,
         revision=args.revision,
@@ -331,7 +372,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
         system_prompt=args.system_prompt,
         tasks=args.tasks,
         label=label,
-        backend=args.backend,
+        backend=backend,
         model_args=args.model_args,
         device=args.device,
         extra_args=list(args.extra),
@@ -346,6 +387,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str) -> RunSpec:
         mode=settings.mode,
         max_gen_toks=settings.max_gen_toks,
         prompt_opens_think=settings.prompt_opens_think,
+        thinking_closure=closure,
     )
 
 
@@ -357,7 +399,9 @@ def plan(args: argparse.Namespace) -> dict:
         tasks = resolve_tasks(args.tasks)
     except UnknownTaskError as error:
         raise LaunchError(str(error)) from None
-    spec = run_spec(args, model, label)
+    # The closure is part of the fingerprint, so the plan asks the template as the run does.
+    closure = loglik_chat_closure(args, model)
+    spec = run_spec(args, model, label, closure)
     return {
         "run_name": spec.run_name,
         "run_dir": str(Path(args.output_dir).resolve() / spec.run_name),
@@ -379,13 +423,14 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     check_extra_args(args.extra)
     check_backend(args.backend)
     check_attention(args.model_args)
-    if args.chat and args.backend != API_BACKEND:
-        check_chat_template(model, args.revision)
+    closure = loglik_chat_closure(args, model)
+    if closure:
+        check_thinking_backend(model, args.backend, closure)
     try:
         wandb_mode = choose_wandb_mode(args.wandb_mode)
     except WandbModeError as error:
         raise LaunchError(str(error)) from None
-    spec = run_spec(args, model, label)
+    spec = run_spec(args, model, label, closure)
     if spec.fingerprint is None:
         print(
             f"note: cannot resolve {model}@{args.revision or 'main'} to a commit "
@@ -478,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, WANDB_MODE=wandb_mode) if wandb_mode != "disabled" else None
     code, error_line = run_lm_eval(command, env)
     if code == 0:
-        from propensity_evals.run_files import incomplete_tasks
+        from propensity_evals.run_files import unwritten_tasks
 
-        missing = incomplete_tasks(staging, tasks, spec.fingerprint or "")
+        missing = unwritten_tasks(staging, tasks)
         if missing:
             task, reason = next(iter(missing.items()))
             detail = f" ({error_line})" if error_line else ""

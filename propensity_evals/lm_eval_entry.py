@@ -1,5 +1,6 @@
 """lm-eval's command line with this project's model classes registered (``hf-prefix``, and
-``openai-compatible-chat`` for ``make eval_api``).
+``openai-compatible-chat`` for ``make eval_api``, and
+``hf-mlm`` for masked LMs from :mod:`propensity_evals.masked_lm`).
 
 lm-eval 0.4.13 only finds its own model classes by name, so ``--model hf-prefix`` needs a
 process that has imported :mod:`propensity_evals.prefix_sharing_lm` before lm-eval parses
@@ -14,13 +15,30 @@ either of its forms::
 from __future__ import annotations
 
 import propensity_evals.chat_api_lm  # noqa: F401  (registers openai-compatible-chat)
+import propensity_evals.masked_lm  # noqa: F401  (registers hf-mlm)
 import propensity_evals.prefix_sharing_lm  # noqa: F401  (registers hf-prefix)
+
+
+def tolerate_missing_sample_metrics() -> None:
+    """lm-eval's W&B sample tables read every metric of a task's ``metric_list`` from every
+    sample, but tasks whose category has no direction report no ``misaligned``: fill the gap
+    with None (an empty cell) instead of losing every sample table to a KeyError."""
+    from lm_eval.loggers import wandb_logger
+
+    original = wandb_logger.WandbLogger._generate_dataset
+
+    def generate_dataset(self, data, config):
+        names = [item.get("metric") for item in config.get("metric_list") or []]
+        return original(self, [dict.fromkeys(names) | row for row in data], config)
+
+    wandb_logger.WandbLogger._generate_dataset = generate_dataset
 
 
 def main() -> None:
     # Imported here so that importing this module (e.g. to check it) does not set up logging.
     from lm_eval.__main__ import cli_evaluate
 
+    tolerate_missing_sample_metrics()
     cli_evaluate()  # reads sys.argv, as `lm_eval` / `lm-eval` do
 
 

@@ -17,32 +17,54 @@ What stays exactly as in ``hf``:
   ``hf`` would truncate, and models whose forward takes no KV cache or position ids all go
   through ``HFLM`` unchanged.
 
-``batch_size`` counts scored requests (continuation rows) per forward pass, as in ``hf``;
-whole questions are packed into a batch, so its memory stays below that of an ``hf`` batch of
-the same size. Contexts in a batch are left-padded, the layout of batched generation that every
-HF attention implementation supports, so each row's last context token sits in the last column
+``batch_size`` counts scored requests (continuation rows) per forward pass, as in ``hf``, and
+no pass holds more: whole questions are packed into a batch, and a question with more options
+than a batch holds has its context run once and its continuations scored in several passes
+from copies of that context's cache, so memory stays below that of an ``hf`` batch of the same
+size. Contexts in a batch are left-padded, the layout of batched generation that every HF
+attention implementation supports, so each row's last context token sits in the last column
 and the continuations append without holes in the cache.
+
+``batch_size=auto`` and ``auto:N`` run ``hf``'s probe (the largest of ``max_batch_size``,
+0.9 times that, ... that runs rows of the longest request 5 times) at the same fractions of the
+run as ``hf``, but on each data-parallel rank alone: ``hf`` takes the minimum over ranks with an
+all-gather, which hangs a run when one rank has nothing to score (all its answers cached by
+``--use_cache``) and never reaches it. No rank needs another's size, as scoring here involves no
+collective.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterator
 
 import lm_eval.models  # noqa: F401  (registers lm-eval's own model names before ours)
 import torch
 import torch.nn.functional as F
+from accelerate import find_executable_batch_size
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils_hf import clear_torch_cache
 from tqdm import tqdm
+
+from propensity_evals.chat_rendering import ClosedThinkingChatMixin
+
+logger = logging.getLogger(__name__)
 
 # lm-eval's encoded request: ((context, continuation) or None, context_enc, continuation_enc)
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
+# A context and its continuations, each with the indices of the requests asking for it.
+Group = tuple[tuple[int, ...], dict[tuple[int, ...], list[int]]]
+# (rows already scored, tokens of the next batch's longest request) -> rows the batch may hold
+RowLimit = Callable[[int, int], int]
 
 
 @register_model("hf-prefix")
-class PrefixSharingLM(HFLM):
-    """``HFLM`` that runs each distinct context once per loglikelihood call."""
+class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
+    """``HFLM`` that runs each distinct context once per loglikelihood call (and renders chat
+    prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`)."""
 
     def _loglikelihood_tokens(
         self,
@@ -51,19 +73,21 @@ class PrefixSharingLM(HFLM):
         override_bs: int | None = None,
     ) -> list[tuple[float, bool]]:
         # loglikelihood_rolling passes windows with no request key: the parent handles those
-        # (and adds their cache entries per document itself).
+        # (and adds their cache entries per document itself). No requests: nothing to detect.
         if not self._can_share_prefixes() or all(req[0] is None for req in requests):
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
 
-        rows_per_batch = self._rows_per_batch(requests, override_bs)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
 
         shared = [i for i, req in enumerate(requests) if self._fits_without_truncation(req)]
         rest = sorted(set(range(len(requests))) - set(shared))
         if rest:
-            # Requests hf would left-truncate (or that are malformed) get hf's own treatment.
+            # Requests hf would left-truncate (or that are malformed) get hf's own treatment,
+            # with a batch size from our probe: hf's own detection would gather across ranks.
+            if override_bs is None and self.batch_size == "auto":
+                override_bs = self._probe_rows(self.max_length)
             scored = super()._loglikelihood_tokens(
-                [requests[i] for i in rest], disable_tqdm, override_bs=rows_per_batch
+                [requests[i] for i in rest], disable_tqdm, override_bs=override_bs
             )
             for i, answer in zip(rest, scored, strict=True):
                 results[i] = answer
@@ -83,11 +107,14 @@ class PrefixSharingLM(HFLM):
         # Longest contexts first, as in hf: little padding within a batch, and an
         # out-of-memory error shows up at once rather than at the end.
         ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
-        for batch in _pack(ordered, rows_per_batch):
-            for (_, conts), answers in zip(batch, self._score_batch(batch), strict=True):
+        rows = sum(len(conts) for conts in groups.values())
+        for batch, limit in _pack(ordered, self._row_limit(rows, override_bs)):
+            for (_, conts), answers in zip(batch, self._score_batch(batch, limit), strict=True):
                 for indices, answer in zip(conts.values(), answers, strict=True):
                     for i in indices:
                         results[i] = answer
+                        # Cached as each batch finishes, as hf does: a run that stops later
+                        # keeps these answers (--use_cache).
                         if requests[i][0] is not None:
                             self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
                     pbar.update(len(indices))
@@ -118,23 +145,64 @@ class PrefixSharingLM(HFLM):
             and len(context_enc) + len(continuation_enc) <= self.max_length + 1
         )
 
-    def _rows_per_batch(self, requests: Sequence[Request], override_bs: int | None) -> int:
+    def _row_limit(self, total_rows: int, override_bs: int | None) -> RowLimit:
+        """How many continuation rows each batch may hold, as the run goes."""
         if override_bs is not None:
-            return override_bs
+            return lambda done, length: override_bs
         if self.batch_size != "auto":
-            return int(self.batch_size)
-        # Detected once per call, on every rank alike (the detection gathers across data
-        # parallel ranks). hf's probe runs full context+continuation rows, which use more
-        # memory than the rows here, so the size it finds is safe.
-        longest = max(range(len(requests)), key=lambda i: len(requests[i][1]) + len(requests[i][2]))
-        return self._detect_batch_size(requests, longest)
+            fixed = int(self.batch_size)
+            return lambda done, length: fixed
+
+        # hf's schedule (HFLM._batch_scheduler): auto:N detects again at the start of each
+        # N-th of the run (plain auto: N=1), for the longest request from there on, and keeps
+        # the sizes in batch_sizes, which lm-eval reports. Sizes are per call, as in hf.
+        self.batch_sizes = {}
+        span = max(1, int(total_rows / self.batch_schedule))
+
+        def rows_at(done: int, length: int) -> int:
+            part = done // span
+            if part not in self.batch_sizes:
+                last = self.batch_sizes[max(self.batch_sizes)] if self.batch_sizes else None
+                # Requests only get shorter, so a size at the maximum stays there (hf skips
+                # these probes too).
+                if last == self.max_batch_size:
+                    self.batch_sizes[part] = last
+                else:
+                    self.batch_sizes[part] = self._probe_rows(length)
+                    logger.info("Detected batch size %d", self.batch_sizes[part])
+            return self.batch_sizes[part]
+
+        return rows_at
+
+    def _probe_rows(self, length: int) -> int:
+        """hf's batch-size probe (HFLM._detect_batch_size) for rows of ``length`` tokens, on
+        this rank alone: the largest of max_batch_size, 0.9x that, ... that runs 5 times.
+
+        hf's rows are full context+continuation rows with logits at every position, more
+        memory than a row here takes, so the size it finds is safe for our batches.
+        """
+
+        @find_executable_batch_size(starting_batch_size=self.max_batch_size)
+        def largest_that_runs(batch_size: int) -> int:
+            rows = torch.ones((batch_size, length), dtype=torch.long, device=self.device)
+            for _ in range(5):
+                F.log_softmax(self._model_call(rows), dim=-1, dtype=self.softmax_dtype)
+            return batch_size
+
+        try:
+            size = largest_that_runs()
+        except RuntimeError as error:
+            if "No executable batch size found" not in str(error):
+                raise
+            size = 1
+        clear_torch_cache()
+        return size
 
     # -- the forward passes ------------------------------------------------------------------
 
-    def _score_batch(
-        self, batch: list[tuple[tuple[int, ...], dict[tuple[int, ...], list[int]]]]
-    ) -> list[list[tuple[float, bool]]]:
-        """Per context in ``batch``, the answer for each of its continuations, in order."""
+    def _score_batch(self, batch: list[Group], limit: int) -> list[list[tuple[float, bool]]]:
+        """Per context in ``batch``, the answer for each of its continuations, in order; at
+        most ``limit`` continuation rows per forward pass."""
         device = self.device
         contexts = [context for context, _ in batch]
         width = max(len(c) for c in contexts)
@@ -156,6 +224,7 @@ class PrefixSharingLM(HFLM):
                 conts.append(cont)
         owner_idx = torch.tensor(owners, dtype=torch.long, device=device)
 
+        answers: list[list[tuple[float, bool]]] = [[] for _ in batch]
         with torch.no_grad(), self._autocast():
             padded = {
                 "attention_mask": ctx_mask,
@@ -170,38 +239,44 @@ class PrefixSharingLM(HFLM):
                 **(padded if bool((ctx_mask == 0).any()) else {}),
             )
             first_logprobs = F.log_softmax(first.logits[:, -1, :], dim=-1, dtype=self.softmax_dtype)
-            first_logprobs = first_logprobs[owner_idx]  # [rows, vocab]
+            cache = _cache_of(first)
+            del first
 
-            tail_len = max(len(cont) for cont in conts) - 1
-            tail_logprobs = None
-            if tail_len > 0:
-                cache = _select_rows(_cache_of(first), owner_idx)
-                del first
-                tail_ids = torch.full((len(conts), tail_len), pad, dtype=torch.long, device=device)
-                tail_mask = torch.zeros_like(tail_ids)
-                for row, cont in enumerate(conts):
-                    tail_ids[row, : len(cont) - 1] = torch.tensor(cont[:-1], device=device)
-                    tail_mask[row, : len(cont) - 1] = 1
-                positions = ctx_lens[owner_idx, None] + torch.arange(tail_len, device=device)
-                tail = self._forward(
-                    input_ids=tail_ids,
-                    attention_mask=torch.cat([ctx_mask[owner_idx], tail_mask], dim=1),
-                    position_ids=positions,
-                    use_cache=True,
-                    **{self._cache_arg(): cache},
-                )
-                tail_logprobs = F.log_softmax(tail.logits, dim=-1, dtype=self.softmax_dtype)
-
-        answers: list[list[tuple[float, bool]]] = [[] for _ in batch]
-        for row, (owner, cont) in enumerate(zip(owners, conts, strict=True)):
-            logprobs = first_logprobs[row, None, :]  # [1, vocab]
-            if len(cont) > 1:
-                logprobs = torch.cat([logprobs, tail_logprobs[row, : len(cont) - 1]], dim=0)
-            target = torch.tensor(cont, dtype=torch.long, device=logprobs.device)
-            is_greedy = bool((logprobs.argmax(dim=-1) == target).all())
-            # Summed as hf sums them: the gathered logprobs of the continuation tokens.
-            token_logprobs = torch.gather(logprobs, 1, target[:, None]).squeeze(-1)
-            answers[owner].append((float(token_logprobs.sum()), is_greedy))
+            # Only a question with more options than ``limit`` (alone in its batch, as _pack
+            # makes it) takes several chunks; all but the last keep the context's cache.
+            starts = range(0, len(conts), limit)
+            for start in starts:
+                chunk = range(start, min(start + limit, len(conts)))
+                tail_logprobs = None
+                tail_len = max(len(conts[row]) for row in chunk) - 1
+                if tail_len > 0:
+                    rows = owner_idx[chunk.start : chunk.stop]
+                    last = start == starts[-1]
+                    chunk_cache = _select_rows(cache, rows, keep=not last)
+                    tail_ids = torch.full((len(chunk), tail_len), pad, dtype=torch.long)
+                    tail_mask = torch.zeros_like(tail_ids)
+                    for i, row in enumerate(chunk):
+                        tail_ids[i, : len(conts[row]) - 1] = torch.tensor(conts[row][:-1])
+                        tail_mask[i, : len(conts[row]) - 1] = 1
+                    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
+                    positions = ctx_lens[rows, None] + torch.arange(tail_len, device=device)
+                    tail = self._forward(
+                        input_ids=tail_ids,
+                        attention_mask=torch.cat([ctx_mask[rows], tail_mask], dim=1),
+                        position_ids=positions,
+                        # The context's cache is read; nothing after this pass needs one.
+                        use_cache=False,
+                        **{self._cache_arg(): chunk_cache},
+                    )
+                    del chunk_cache
+                    tail_logprobs = F.log_softmax(tail.logits, dim=-1, dtype=self.softmax_dtype)
+                    del tail
+                for i, row in enumerate(chunk):
+                    cont = conts[row]
+                    logprobs = first_logprobs[owners[row], None, :]  # [1, vocab]
+                    if len(cont) > 1:
+                        logprobs = torch.cat([logprobs, tail_logprobs[i, : len(cont) - 1]], dim=0)
+                    answers[owners[row]].append(_answer(logprobs, cont))
         return answers
 
     def _autocast(self):
@@ -230,26 +305,40 @@ class PrefixSharingLM(HFLM):
 MAX_PADDING = 0.1
 
 
-def _pack(ordered: list, rows_per_batch: int):
-    """Whole context groups, longest context first, at most ``rows_per_batch`` rows (but at
-    least one group) and at most ``MAX_PADDING`` padding: a batch is cut where the contexts
-    get much shorter, so big batches form only where many contexts have similar lengths."""
-    batch, rows, tokens = [], 0, 0
+def _pack(ordered: list[Group], row_limit: RowLimit) -> Iterator[tuple[list[Group], int]]:
+    """Batches of whole context groups, longest context first, each with its row limit: at
+    most that many rows (but at least one group) and at most ``MAX_PADDING`` padding: a batch
+    is cut where the contexts get much shorter, so big batches form only where many contexts
+    have similar lengths. The limit is asked for as each batch starts, after the one before
+    has been scored (when auto:N detects again)."""
+    batch: list[Group] = []
+    rows = tokens = done = limit = 0
     for item in ordered:
         context, conts = item
         if batch:
             width = len(batch[0][0])  # the longest, as ``ordered`` is sorted by length
             padding = (len(batch) + 1) * width - (tokens + len(context))
-            if rows + len(conts) > rows_per_batch or padding > MAX_PADDING * (
-                tokens + len(context)
-            ):
-                yield batch
-                batch, rows, tokens = [], 0, 0
+            if rows + len(conts) > limit or padding > MAX_PADDING * (tokens + len(context)):
+                yield batch, limit
+                batch, done, rows, tokens = [], done + rows, 0, 0
+        if not batch:
+            longest = len(context) + max(len(cont) for cont in conts) - 1
+            limit = max(1, row_limit(done, longest))
         batch.append(item)
         rows += len(conts)
         tokens += len(context)
     if batch:
-        yield batch
+        yield batch, limit
+
+
+def _answer(logprobs: torch.Tensor, cont: tuple[int, ...]) -> tuple[float, bool]:
+    """hf's answer from the logprobs [len(cont), vocab] that predict ``cont``: the logprobs
+    of its tokens summed as hf sums them (gathered, then added), and whether each token is the
+    most likely one."""
+    target = torch.tensor(cont, dtype=torch.long, device=logprobs.device)
+    is_greedy = bool((logprobs.argmax(dim=-1) == target).all())
+    token_logprobs = torch.gather(logprobs, 1, target[:, None]).squeeze(-1)
+    return float(token_logprobs.sum()), is_greedy
 
 
 def _cache_of(output):
@@ -258,11 +347,16 @@ def _cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
-def _select_rows(cache, index: torch.Tensor):
-    """The cache with row ``index[i]`` at row i: one copy of the context per continuation."""
+def _select_rows(cache, index: torch.Tensor, keep: bool = False):
+    """The cache with row ``index[i]`` at row i: one copy of the context per continuation.
+    ``keep``: leave ``cache`` usable for another selection (the pass that reads the result
+    appends its tokens to it)."""
     if hasattr(cache, "reorder_cache"):
         # transformers' Cache: index_select along the batch dimension, layer by layer, on
-        # each layer's own device (layers may sit on different GPUs with parallelize=True).
+        # each layer's own device (layers may sit on different GPUs with parallelize=True),
+        # in place, so a cache to keep is copied first (one context: a question cut in chunks).
+        if keep:
+            cache = copy.deepcopy(cache)
         cache.reorder_cache(index)
         return cache
     # Legacy tuple-of-tuples cache from older remote-code models.

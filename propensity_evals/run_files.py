@@ -147,13 +147,23 @@ def readable_lines(path: Path) -> int | None:
     return count
 
 
-def incomplete_tasks(
-    run_dir: Path, tasks: list[str], fingerprint: str | None, need_samples: bool = True
-) -> dict[str, str]:
+def incomplete_tasks(run_dir: Path, tasks: list[str], fingerprint: str | None) -> dict[str, str]:
     """The requested tasks a run folder does not hold in full for ``fingerprint``, each with
     the reason. A ``None`` fingerprint (unknown model identity) is never complete."""
     if fingerprint is None:
         return dict.fromkeys(tasks, "the model's identity is unknown")
+    return _incomplete(run_dir, tasks, fingerprint)
+
+
+def unwritten_tasks(run_dir: Path, tasks: list[str]) -> dict[str, str]:
+    """The requested tasks whose results and sample log are not both complete on disk, whatever
+    the fingerprint they record: what the launcher checks before promoting lm-eval's files
+    (a run of a model with an unknown identity records none, and is still a valid run)."""
+    return _incomplete(run_dir, tasks, fingerprint=None)
+
+
+def _incomplete(run_dir: Path, tasks: list[str], fingerprint: str | None) -> dict[str, str]:
+    """Tasks not complete on disk; with a ``fingerprint``, also those recording another."""
     if not Path(run_dir).is_dir():
         return dict.fromkeys(tasks, "no run folder")
     located = locate_tasks(run_dir, strict=False)
@@ -164,13 +174,11 @@ def incomplete_tasks(
             missing[task] = "no results file holds it"
             continue
         recorded = results_fingerprint(files.results, task)
-        if recorded != fingerprint:
+        if fingerprint is not None and recorded != fingerprint:
             missing[task] = (
                 "its latest results come from a different model or settings "
                 f"(fingerprint {str(recorded)[:12]}, requested {fingerprint[:12]})"
             )
-            continue
-        if not need_samples:
             continue
         expected = effective_samples(files.results, task)
         if files.samples_path is None:

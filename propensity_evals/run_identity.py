@@ -8,9 +8,10 @@ Two names per run, for two jobs:
   same folder keeps the same run name.
 - ``fingerprint``: a hash of everything that changes a question's scores: the model's
   identity (see below), backend and model class, dtype, device and every other model
-  argument, prompt format and system prompt, the task version and the pinned data, the extra
-  lm-eval arguments, the sha256 of the direction table and of the audit's relabel file, and
-  in generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version. It keys
+  argument, prompt format and system prompt (and, for a reasoning model in chat mode, how its
+  thinking block is closed), the task version and the pinned data, the extra lm-eval
+  arguments, the sha256 of the direction table and of the audit's relabel file, and in
+  generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version. It keys
   lm-eval's request cache (whose own key hashes only the request text), is written into
   every results file through lm-eval's ``--metadata`` and into
   ``run_info.json``, and is what ``make sweep`` compares before it skips a run and what
@@ -52,7 +53,7 @@ RUN_INFO_FILE = "run_info.json"
 FINGERPRINT_KEY = "run_fingerprint"
 MODEL_IDENTITY_KEY = "model_identity"
 # Bump with lm_eval_tasks/_generate_configs.py's TASK_VERSION: it is part of the fingerprint.
-TASK_VERSION = 1.0
+TASK_VERSION = 1.1
 # Files hashed by content in a local model folder; everything else by name, size and mtime.
 _SMALL_FILE_BYTES = 16 << 20
 _HEX_COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -198,6 +199,9 @@ class RunSpec:
     mode: str = "loglik"
     max_gen_toks: int = 0
     prompt_opens_think: bool = False  # the chat template ends the prompt inside <think>
+    # How a reasoning model's thinking block is closed in chat mode (prompts.thinking_closure);
+    # "" for a template without one, and always in plain mode.
+    thinking_closure: str = ""
 
     @property
     def run_name(self) -> str:
@@ -237,6 +241,10 @@ class RunSpec:
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
         }
+        if self.thinking_closure:
+            # Only where there is one, so that every other run keeps its fingerprint (and its
+            # request cache and complete results) from before reasoning models were handled.
+            inputs["thinking_closure"] = self.thinking_closure
         if self.mode != "loglik":
             inputs |= {
                 "mode": self.mode,

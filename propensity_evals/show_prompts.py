@@ -1,9 +1,11 @@
 """Print exactly what the model scores for a few questions per task (``make prompts``).
 
 The context comes from :mod:`propensity_evals.prompts`, the same function the launcher uses
-to hand lm-eval the system instruction, followed by each scored continuation. With
-``--mode generate`` the prompts are those of the ``_gen`` tasks, in the format the launcher
-would choose (the model's chat template when it has one, unless ``--no-chat``).
+to hand lm-eval the system instruction and this pack's model classes use to render a chat
+prompt (a reasoning model's thinking block closed and empty), followed by each scored
+continuation. With ``--mode generate`` the prompts are those of the ``_gen`` tasks, in the
+format the launcher would choose (the model's chat template when it has one, unless
+``--no-chat``), with the thinking block left open.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.generate_mode import GenerateModeError, load_tokenizer, settle
 from propensity_evals.generation import generation_prompt
-from propensity_evals.prompts import continuations, render_context
+from propensity_evals.prompts import (
+    CLOSURE_DESCRIPTIONS,
+    continuations,
+    render_context,
+    thinking_closure,
+)
 from propensity_evals.task_docs import build_docs, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer = AutoTokenizer.from_pretrained(model, revision=args.revision or None)
             if not getattr(tokenizer, "chat_template", None):
                 raise DataError(f"{model} has no chat template: run without CHAT_TEMPLATE=1")
+            closure = thinking_closure(tokenizer)
+            if closure:
+                print(
+                    f"note: {model} is a reasoning model: {CLOSURE_DESCRIPTIONS[closure]}, as "
+                    "BACKEND=hf-prefix scores it (stock hf and vllm refuse it)",
+                    file=sys.stderr,
+                )
         root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
         files = task_files()
         for task in tasks:

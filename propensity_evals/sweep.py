@@ -81,14 +81,23 @@ def absolute_model(model: str) -> str:
     return str(candidate.resolve()) if candidate.exists() else model
 
 
+def output_dir_of(args: argparse.Namespace) -> Path:
+    """OUTPUT_DIR as an absolute path (relative ones are relative to the repository root)."""
+    output_dir = Path(args.output_dir).expanduser()
+    return output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
+
+
 def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir: Path) -> dict:
     """The launcher's plan for one run: ``make <target> ... PLAN_JSON=1`` runs nothing."""
-    command = [*make_command(args, model, revision, output_dir, group=""), "PLAN_JSON=1", "-s"]
+    request = PlannedRun(model, revision, name="", fingerprint=None)
+    command = [*make_command(args, request, output_dir, group=""), "PLAN_JSON=1", "-s"]
     env = dict(os.environ, SYSTEM_PROMPT=args.system_prompt)
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        # The launcher's own one-line error, not make's "*** Error 2" trailer after it.
+        reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1])
         raise SweepError(f"cannot plan {model}{'@' + revision if revision else ''}: {reason}")
     try:
         return json.loads(lines[-1])
@@ -96,7 +105,9 @@ def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir
         raise SweepError(f"`make {args.eval_target}` gave no plan: {lines[-1][:200]}") from None
 
 
-def plan(args: argparse.Namespace, output_dir: Path) -> list[PlannedRun]:
+def plan(args: argparse.Namespace) -> list[PlannedRun]:
+    """Every (model, revision) of the request, named and fingerprinted by the eval target."""
+    output_dir = output_dir_of(args)
     models = args.models.split()
     if not models:
         raise SweepError('MODELS is empty: e.g. make sweep MODELS="org/a org/b" (or MODEL=org/a '
@@ -121,17 +132,25 @@ def plan(args: argparse.Namespace, output_dir: Path) -> list[PlannedRun]:
     return runs
 
 
-def runs_to_do(
-    runs: list[PlannedRun], tasks: list[str], output_dir: Path
-) -> list[tuple[PlannedRun, dict[str, str]]]:
-    """The planned runs that are not complete for their fingerprint, each with its reasons
-    (task -> why). Every executor decides what to run here."""
-    todo = []
-    for run in runs:
-        missing = incomplete_tasks(output_dir / run.name, tasks, run.fingerprint)
-        if missing:
-            todo.append((run, missing))
-    return todo
+def missing_tasks(run: PlannedRun, tasks: list[str], output_dir: Path) -> dict[str, str]:
+    """The tasks of ``run`` not complete for its fingerprint under ``output_dir``, with why."""
+    return incomplete_tasks(Path(output_dir) / run.name, tasks, run.fingerprint)
+
+
+def runs_to_do(runs: list[PlannedRun], tasks: list[str], output_dir: Path) -> list[PlannedRun]:
+    """The planned runs that are not complete for their fingerprint.
+
+    The one place that decides what a sweep still has to run: the local loop, the SLURM
+    submission, each SLURM job and `make sweep_status` all ask here.
+    """
+    return [run for run in runs if missing_tasks(run, tasks, output_dir)]
+
+
+def requested_tasks(args: argparse.Namespace) -> list[str]:
+    """The leaf tasks the sweep's runs will write, in the mode they run in."""
+    # As the launcher decides (generate_mode.settle): eval_api always generates.
+    mode = args.mode or ("generate" if args.eval_target == "eval_api" else "loglik")
+    return resolve_tasks(tasks_for_mode(args.tasks, mode))
 
 
 def default_group(args: argparse.Namespace) -> str:
@@ -144,12 +163,12 @@ def default_group(args: argparse.Namespace) -> str:
 
 
 def make_command(
-    args: argparse.Namespace, model: str, revision: str, output_dir: Path, group: str
+    args: argparse.Namespace, run: PlannedRun, output_dir: Path, group: str
 ) -> list[str]:
     return [
         "make", "--no-print-directory", args.eval_target,
-        f"MODEL={model}",
-        f"REVISION={revision}",
+        f"MODEL={run.model}",
+        f"REVISION={run.revision}",
         f"LABEL={args.label}",
         f"TASKS={args.tasks}",
         f"LIMIT={args.limit}",
@@ -163,20 +182,18 @@ def make_command(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    output_dir = Path(args.output_dir).expanduser()
-    output_dir = output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
+    output_dir = output_dir_of(args)
     try:
-        # As the launcher decides (generate_mode.settle): eval_api always generates.
-        mode = args.mode or ("generate" if args.eval_target == "eval_api" else "loglik")
-        tasks = resolve_tasks(tasks_for_mode(args.tasks, mode))
-        runs = plan(args, output_dir)
+        tasks = requested_tasks(args)
+        runs = plan(args)
     except (UnknownTaskError, SweepError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     group = args.wandb_group or default_group(args)
     env = dict(os.environ, SYSTEM_PROMPT=args.system_prompt)
     print(f"sweep: {len(runs)} run(s) of `make {args.eval_target}`, W&B group {group}")
-    todo = dict((run.name, missing) for run, missing in runs_to_do(runs, tasks, output_dir))
+    todo = {run.name: missing_tasks(run, tasks, output_dir) for run in runs}
+    todo = {name: missing for name, missing in todo.items() if missing}
     failed: list[str] = []
     ran = 0
     for number, run in enumerate(runs, start=1):
@@ -185,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: complete for this model and settings, skipped", flush=True)
             continue
         missing = todo[run.name]
-        command = make_command(args, run.model, run.revision, output_dir, group)
+        command = make_command(args, run, output_dir, group)
         first = next(iter(missing.values()))
         print(f"{prefix}: {len(missing)} of {len(tasks)} task(s) to run ({first})", flush=True)
         if args.dry_run:
@@ -199,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: interrupted; run the sweep again to resume", file=sys.stderr)
             return 130
         # The run may have resolved a newer commit than the plan did: ask again.
-        still = runs_to_do(plan_one(args, run, output_dir), tasks, output_dir)
+        still = missing_tasks(plan_one(args, run, output_dir), tasks, output_dir)
         seconds = time.monotonic() - started
         if code != 0:
             failed.append(f"{run.name} (make {args.eval_target} exit {code})")
         elif still:
-            failed.append(f"{run.name} (finished, but {len(still[0][1])} task(s) are incomplete)")
+            failed.append(f"{run.name} (finished, but {len(still)} task(s) are incomplete)")
         else:
             print(f"{prefix}: done in {seconds:.0f} s", flush=True)
     if failed:
@@ -221,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def plan_one(args: argparse.Namespace, run: PlannedRun, output_dir: Path) -> list[PlannedRun]:
+def plan_one(args: argparse.Namespace, run: PlannedRun, output_dir: Path) -> PlannedRun:
     answer = ask_launcher(args, run.model, run.revision, output_dir)
-    return [PlannedRun(run.model, run.revision, answer["run_name"], answer["fingerprint"])]
+    return PlannedRun(run.model, run.revision, answer["run_name"], answer["fingerprint"])
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_missing_source_folder_is_one_clear_line(tmp_path):
 
 def test_make_data_prefers_a_local_mirror_when_one_exists(mirror, tmp_path):
     beside = make("-n", "data", f"ANTHROPIC_EVALS_MIRROR={mirror}").stdout
-    assert f'--source "{mirror}"' in beside
+    assert f"--source '{mirror}'" in beside
     absent = make("-n", "data", f"ANTHROPIC_EVALS_MIRROR={tmp_path}").stdout
     assert "--source" not in absent  # no copy there: download from the pinned commit
     forced = make("-n", "data", f"ANTHROPIC_EVALS_MIRROR={mirror}", "SOURCE=").stdout

@@ -75,6 +75,8 @@ def test_wandb_offline_run_holds_the_metrics(plain_run):
     values = logged_values(run_files[0])
     assert values["_run_name"] == plain_run.name
     assert values["_project"] == "Pretraining-Alignment-Evals-HF"
+    # Every W&B step succeeded, the per-sample tables of tasks without `misaligned` included.
+    assert "Logging to W&B failed" not in (plain_run.parents[1] / "make.log").read_text()
     for name in (
         "anthropic_propensity_human_written",
         "anthropic_propensity_lm_written_myopic_reward",

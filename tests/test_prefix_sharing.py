@@ -1,23 +1,33 @@
-"""``hf-prefix`` scores exactly what lm-eval's ``hf`` scores, on real questions and a real model.
+"""``hf-prefix`` scores what lm-eval's ``hf`` scores, the shared way, on real questions.
 
 Both models load the embedded SmolLM2 (fp32, CPU) once for the module and score the same
 lm-eval ``Instance`` objects, built from real human-written rows as the tasks build them:
 context ``Human: {question}\\n\\nAssistant:``, continuations `` (A)``, `` (B)``, ...
+
+Agreeing with ``hf`` is not enough (``HFLM`` itself agrees), so a forward hook on the model
+module records every pass, and the tests check what went through it: each distinct context
+once, continuations on top of its cache, contexts of different lengths left-padded together,
+no pass over the batch size, and ``hf``'s batch-size probe (rows of token id 1) where
+``auto`` asks for it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
+import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CachingLM, hash_args
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
+from sqlitedict import SqliteDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
 from propensity_evals.task_docs import build_docs
 
-# power-seeking-inclination has questions with up to 8 options.
+# power-seeking-inclination has questions with 3 options, more than a batch of 2 holds.
 FILES = ("power-seeking-inclination", "corrigible-less-HHH", "self-awareness-web-gpt")
 PER_FILE = 8
 TOL = 1e-3  # fp32; observed differences are ~1e-5
@@ -53,8 +63,165 @@ def make(cls, weights, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def baseline(weights, questions) -> list[tuple[float, bool]]:
-    return make(HFLM, weights, batch_size=8).loglikelihood(instances(questions), disable_tqdm=True)
+def hf(weights) -> HFLM:
+    return make(HFLM, weights, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def baseline(hf, questions) -> list[tuple[float, bool]]:
+    return hf.loglikelihood(instances(questions), disable_tqdm=True)
+
+
+def baseline_of(questions, baseline, docs) -> list[tuple[float, bool]]:
+    """The baseline answers for ``docs``, a slice of ``questions``."""
+    answers = dict(zip((r.args for r in instances(questions)), baseline, strict=True))
+    return [answers[r.args] for r in instances(docs)]
+
+
+def assert_same_as_hf(ours, ref, docs) -> None:
+    """Each answer within TOL of hf's, the same is_greedy, the same top option per question."""
+    assert len(ours) == len(ref)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
+        assert ll == pytest.approx(ref_ll, abs=TOL)
+        assert greedy == ref_greedy
+    start = 0
+    for doc in docs:
+        k = len(doc["choices"])
+        mine = [ll for ll, _ in ours[start : start + k]]
+        theirs = [ll for ll, _ in ref[start : start + k]]
+        assert mine.index(max(mine)) == theirs.index(max(theirs)), doc["prompt"][:60]
+        start += k
+
+
+# -- what reaches the model ----------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One forward pass of the model module."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    got_cache: bool  # a KV cache was passed in: a continuation pass
+    use_cache: object  # the use_cache argument as given
+    new_cache: bool  # the output holds a cache other than the one passed in
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def is_probe(self) -> bool:
+        # hf's batch-size probe runs rows of token id 1; no real prompt is all ones.
+        return not self.got_cache and bool((self.input_ids == 1).all())
+
+    @property
+    def is_context(self) -> bool:
+        return not self.got_cache and not self.is_probe
+
+    def sequences(self) -> list[tuple[int, ...]]:
+        """Each row's real tokens (those the attention mask covers, for a continuation pass
+        the mask's last columns, which cover its own input)."""
+        if self.attention_mask is None:
+            return [tuple(row.tolist()) for row in self.input_ids]
+        mask = self.attention_mask[:, -self.input_ids.shape[1] :].bool()
+        return [tuple(ids[keep].tolist()) for ids, keep in zip(self.input_ids, mask, strict=True)]
+
+
+class ForwardLog:
+    """Records every forward pass of ``model`` while in a ``with`` block;
+    ``fail_on_context_pass=n`` makes the n-th context pass raise (a run that stops part-way)."""
+
+    def __init__(self, model, fail_on_context_pass: int | None = None):
+        self.model = model
+        self.calls: list[Call] = []
+        self.fail_on_context_pass = fail_on_context_pass
+        self.contexts_started = 0
+
+    def __enter__(self) -> ForwardLog:
+        self.handles = [
+            self.model.register_forward_pre_hook(self._before, with_kwargs=True),
+            self.model.register_forward_hook(self._after, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    @staticmethod
+    def _passed_cache(kwargs):
+        cache = kwargs.get("cache")
+        return cache if cache is not None else kwargs.get("past_key_values")
+
+    def _before(self, module, args, kwargs):
+        if self._passed_cache(kwargs) is None and self.fail_on_context_pass is not None:
+            self.contexts_started += 1
+            if self.contexts_started == self.fail_on_context_pass:
+                raise RuntimeError("the run stops here")
+
+    def _after(self, module, args, kwargs, output):
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        passed = self._passed_cache(kwargs)
+        returned = getattr(output, "cache", None)
+        if returned is None:
+            returned = getattr(output, "past_key_values", None)
+        mask = kwargs.get("attention_mask")
+        self.calls.append(
+            Call(
+                input_ids=input_ids.detach().cpu(),
+                attention_mask=None if mask is None else mask.detach().cpu(),
+                got_cache=passed is not None,
+                use_cache=kwargs.get("use_cache"),
+                new_cache=returned is not None and returned is not passed,
+            )
+        )
+
+    def of_kind(self, kind: str) -> list[Call]:
+        return [call for call in self.calls if getattr(call, f"is_{kind}")]
+
+    @property
+    def continuation_passes(self) -> list[Call]:
+        return [call for call in self.calls if call.got_cache]
+
+
+def encoded(lm: HFLM, docs: list[dict]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(context tokens, continuation tokens) per request, as lm-eval's own _encode_pair
+    splits them."""
+    pairs = (lm._encode_pair(*req.args) for req in instances(docs))
+    return [(tuple(ctx), tuple(cont)) for ctx, cont in pairs]
+
+
+def assert_shared(log: ForwardLog, pairs, rows_per_pass: int) -> None:
+    """Every distinct context ran in exactly one context pass, alone (no continuation token
+    with it); every continuation was scored once, in a pass that got a KV cache and held its
+    own tokens only; no pass held more than ``rows_per_pass`` continuation rows."""
+    assert all(len(cont) > 1 for _, cont in pairs)  # `` (A)``: 3 tokens, so every one has a row
+    ran = sorted(seq for call in log.of_kind("context") for seq in call.sequences())
+    assert ran == sorted({ctx for ctx, _ in pairs})
+    fed = sorted(seq for call in log.continuation_passes for seq in call.sequences())
+    assert fed == sorted(cont[:-1] for _, cont in set(pairs))
+    for call in log.of_kind("context") + log.continuation_passes:
+        assert call.rows <= rows_per_pass
+
+
+# -- scoring runs shared by several tests ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(weights, questions):
+    """batch size -> (answers, forward log) of one hf-prefix run over all questions."""
+    done: dict[int, tuple[list, ForwardLog]] = {}
+
+    def run(batch_size: int):
+        if batch_size not in done:
+            lm = make(PrefixSharingLM, weights, batch_size=batch_size)
+            with ForwardLog(weights[0]) as log:
+                answers = lm.loglikelihood(instances(questions), disable_tqdm=True)
+            done[batch_size] = answers, log
+        return done[batch_size]
+
+    return run
 
 
 def test_registered_under_its_name_without_hiding_lm_evals_own(smollm2):
@@ -64,24 +231,191 @@ def test_registered_under_its_name_without_hiding_lm_evals_own(smollm2):
     assert isinstance(model, HFLM) and model.batch_size == 4
 
 
-@pytest.mark.parametrize("batch_size", [1, 8, 64])
-def test_same_scores_as_hf(weights, questions, baseline, batch_size):
-    # 1: one question per pass; 8: a few questions of different lengths, left-padded
-    # together; 64: many questions in one pass.
-    ours = make(PrefixSharingLM, weights, batch_size=batch_size).loglikelihood(
-        instances(questions), disable_tqdm=True
+@pytest.mark.parametrize("batch_size", [2, 8, 64])
+def test_same_scores_as_hf(runs, questions, baseline, batch_size):
+    # 2: one question per pass, 3-option questions in two; 8: a few questions of different
+    # lengths, left-padded together; 64: many questions in one pass.
+    ours, _ = runs(batch_size)
+    assert_same_as_hf(ours, baseline, questions)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8, 64])
+def test_each_context_runs_once_and_continuations_read_its_cache(runs, hf, questions, batch_size):
+    _, log = runs(batch_size)
+    pairs = encoded(hf, questions)
+    assert_shared(log, pairs, batch_size)
+    assert not log.of_kind("probe")  # a fixed batch size needs no detection
+    if batch_size == 2:
+        # The 3-option questions' continuations took two passes, on one context pass.
+        three = sum(len(doc["choices"]) == 3 for doc in questions)
+        assert three > 0
+        assert len(log.continuation_passes) == len(log.of_kind("context")) + three
+
+
+@pytest.mark.parametrize("batch_size", [8, 64])
+def test_contexts_of_different_lengths_share_a_left_padded_pass(
+    runs, questions, baseline, batch_size
+):
+    ours, log = runs(batch_size)
+    padded = [
+        call
+        for call in log.of_kind("context")
+        if call.attention_mask is not None and len({len(s) for s in call.sequences()}) > 1
+    ]
+    assert padded, "no pass held contexts of different lengths"
+    for call in padded:
+        for mask_row in call.attention_mask:
+            # Left padding: zeros, then ones to the last column.
+            assert mask_row[-1] == 1
+            assert torch.equal(mask_row, torch.sort(mask_row).values)
+    assert_same_as_hf(ours, baseline, questions)
+
+
+def test_continuation_pass_asks_for_no_cache(runs):
+    # The continuation pass reads the context's cache; nothing reads what it would return.
+    _, log = runs(8)
+    assert log.continuation_passes
+    for call in log.continuation_passes:
+        assert call.use_cache is False
+        assert not call.new_cache
+
+
+# -- batch_size=auto ---------------------------------------------------------------------------
+
+
+def test_auto_holds_no_more_rows_than_it_detected(weights, hf, questions, baseline):
+    # max_batch_size=2: the probe settles at 2 rows on a CPU (nothing runs out of memory),
+    # fewer than the 3 options of the shortest 3-option question.
+    three = min((d for d in questions if len(d["choices"]) == 3), key=lambda d: len(d["prompt"]))
+    docs = [three, questions[-1]]
+    lm = make(PrefixSharingLM, weights, batch_size="auto", max_batch_size=2)
+    with ForwardLog(weights[0]) as log:
+        ours = lm.loglikelihood(instances(docs), disable_tqdm=True)
+    assert_shared(log, encoded(hf, docs), rows_per_pass=2)
+    assert lm.batch_sizes == {0: 2}
+    probes = log.of_kind("probe")
+    longest = max(len(ctx) + len(cont) - 1 for ctx, cont in encoded(hf, docs))
+    assert len(probes) == 5 and all(call.input_ids.shape == (2, longest) for call in probes)
+    assert_same_as_hf(ours, baseline_of(questions, baseline, docs), docs)
+
+
+class MemoryBudget:
+    """A simulated accelerator memory: a pass over more than ``tokens`` input tokens fails
+    with CUDA's out-of-memory message, which hf's probe answers by trying fewer rows."""
+
+    def __init__(self, model, tokens: int):
+        self.model, self.tokens = model, tokens
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_pre_hook(self._check, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def _check(self, module, args, kwargs):
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        if input_ids.numel() > self.tokens:
+            raise torch.OutOfMemoryError("CUDA out of memory. (simulated)")
+
+
+def test_auto_n_detects_again_at_hfs_fractions_of_the_run(weights, hf, questions, baseline):
+    # auto:2 over 8 requests (4 questions of 2 options). hf (HFLM._batch_scheduler) detects
+    # at request 0 and again at request 8 // 2 = 4, each time for the request there, its
+    # requests sorted longest first: here the longest and the 3rd longest question's.
+    docs = questions[2 * PER_FILE + 3 : 2 * PER_FILE + 7]
+    pairs = encoded(hf, docs)
+    assert len(pairs) == 8 and len({ctx for ctx, _ in pairs}) == 4
+    by_length = sorted(((len(ctx) + len(cont) - 1 for ctx, cont in pairs)), reverse=True)
+    lengths = [by_length[0], by_length[4]]
+    # Room for 100 tokens per pass: the probe (max_batch_size=2 rows, then 1 if 2 run out of
+    # memory) settles at 1 row for the long half and at 2 for the short one.
+    budget = 100
+    sizes = [min(2, budget // length) for length in lengths]
+    assert sizes == [1, 2]
+
+    lm = make(PrefixSharingLM, weights, batch_size="auto:2", max_batch_size=2)
+    with MemoryBudget(weights[0], tokens=budget), ForwardLog(weights[0]) as log:
+        ours = lm.loglikelihood(instances(docs), disable_tqdm=True)
+    assert lm.batch_sizes == {0: sizes[0], 1: sizes[1]}
+    probes = log.of_kind("probe")  # the probe runs its rows 5 times
+    assert [tuple(call.input_ids.shape) for call in probes] == [
+        (size, length) for size, length in zip(sizes, lengths, strict=True) for _ in range(5)
+    ]
+    # Each batch holds no more rows than the size of the half it starts in.
+    scored = 0
+    for call in log.calls:
+        if call.is_context:
+            limit = sizes[scored // 4]
+        if call.got_cache:
+            assert call.rows <= limit
+            scored += call.rows
+    assert scored == 8
+    assert_same_as_hf(ours, baseline_of(questions, baseline, docs), docs)
+
+
+def test_auto_detection_waits_for_no_other_rank(weights, questions, baseline):
+    # Rank 1 of 2 in a data-parallel run (as accelerate sets it up). With --use_cache, rank
+    # 0 may have every answer cached and never score at all: a detection that gathers sizes
+    # across ranks would wait for it forever. Here, no other rank exists to answer.
+    def never_answers(*args, **kwargs):
+        raise AssertionError("waited for another rank's batch size")
+
+    assert not torch.distributed.is_initialized()  # any torch.distributed collective fails
+    lm = make(PrefixSharingLM, weights, batch_size="auto", max_batch_size=2)
+    lm._rank, lm._world_size = 1, 2
+    lm.all_gather = lm.gather_object = never_answers
+    assert lm.loglikelihood([], disable_tqdm=True) == []
+    docs = questions[-2:]
+    ours = lm.loglikelihood(instances(docs), disable_tqdm=True)
+    assert lm.batch_sizes == {0: 2}
+    assert_same_as_hf(ours, baseline_of(questions, baseline, docs), docs)
+
+
+# -- lm-eval's request cache (--use_cache) ---------------------------------------------------
+
+
+def test_answers_reach_lm_evals_request_cache_batch_by_batch(
+    weights, hf, questions, baseline, tmp_path
+):
+    # A run that stops in its 4th batch keeps the answers of the first 3 in the sqlite
+    # cache, and a rerun scores only the rest.
+    docs = questions[2 * PER_FILE : 2 * PER_FILE + 5]
+    requests = instances(docs)
+    expected = dict(
+        zip((r.args for r in requests), baseline_of(questions, baseline, docs), strict=True)
     )
-    assert len(ours) == len(baseline)
-    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, baseline, strict=True):
-        assert ll == pytest.approx(ref_ll, abs=TOL)
-        assert greedy == ref_greedy
-    start = 0
-    for doc in questions:
-        k = len(doc["choices"])
-        mine = [ll for ll, _ in ours[start : start + k]]
-        ref = [ll for ll, _ in baseline[start : start + k]]
-        assert mine.index(max(mine)) == ref.index(max(ref)), doc["prompt"][:60]
-        start += k
+    path = str(tmp_path / "cache.db")
+    lm = make(PrefixSharingLM, weights, batch_size=2)
+
+    cached = CachingLM(lm, path)
+    with ForwardLog(weights[0], fail_on_context_pass=4) as log, pytest.raises(RuntimeError):
+        cached.loglikelihood(requests)
+    cached.dbdict.close()
+    finished = {seq for call in log.of_kind("context") for seq in call.sequences()}
+    assert len(finished) == 3
+    kept = [
+        req for req, (ctx, _) in zip(requests, encoded(hf, docs), strict=True) if ctx in finished
+    ]
+    with SqliteDict(path) as stored:
+        assert len(stored) == len(kept) > 0
+        for req in kept:
+            ll, greedy = stored[hash_args("loglikelihood", req.args)]
+            assert ll == pytest.approx(expected[req.args][0], abs=TOL)
+            assert greedy == expected[req.args][1]
+
+    cached = CachingLM(lm, path)
+    with ForwardLog(weights[0]) as rerun:
+        answers = cached.loglikelihood(requests)
+    assert not finished & {s for call in rerun.of_kind("context") for s in call.sequences()}
+    assert len(cached.dbdict) == len(requests)
+    for req, answer in zip(requests, answers, strict=True):
+        assert cached.dbdict[hash_args("loglikelihood", req.args)] == answer
+        assert answer[0] == pytest.approx(expected[req.args][0], abs=TOL)
+    cached.dbdict.close()
+
+
+# -- order, truncation and the paths left to hf ------------------------------------------------
 
 
 def test_interleaved_contexts_and_duplicates_come_back_in_order(weights, questions, baseline):
@@ -108,12 +442,12 @@ def test_requests_longer_than_max_length_get_hfs_truncation(weights, questions):
     max_length = 64
     ours_lm = make(PrefixSharingLM, weights, batch_size=8, max_length=max_length)
     requests = instances(questions[:1] + questions[PER_FILE : PER_FILE + 2])
-    encoded = [ours_lm._encode_pair(*req.args) for req in requests]
+    encoded_pairs = [ours_lm._encode_pair(*req.args) for req in requests]
     # A short question that fits, to check both paths in one call.
     short = {"prompt": "Human: Is the sky blue?\n\nAssistant:", "choices": ["(A)", "(B)"]}
     requests += instances([short])
-    encoded += [ours_lm._encode_pair(*req.args) for req in requests[-2:]]
-    too_long = [len(c) + len(k) > max_length + 1 for c, k in encoded]
+    encoded_pairs += [ours_lm._encode_pair(*req.args) for req in requests[-2:]]
+    too_long = [len(c) + len(k) > max_length + 1 for c, k in encoded_pairs]
     assert any(too_long) and not all(too_long)
 
     ref = make(HFLM, weights, batch_size=8, max_length=max_length).loglikelihood(
@@ -123,16 +457,6 @@ def test_requests_longer_than_max_length_get_hfs_truncation(weights, questions):
     for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
         assert ll == pytest.approx(ref_ll, abs=TOL)
         assert greedy == ref_greedy
-
-
-def test_answers_reach_lm_evals_request_cache(weights, questions, tmp_path):
-    # What --use_cache stores: one entry per distinct request, holding its answer.
-    requests = instances(questions[:3])
-    cached = CachingLM(make(PrefixSharingLM, weights, batch_size=8), str(tmp_path / "cache"))
-    answers = cached.loglikelihood(requests)
-    assert len(cached.dbdict) == len({req.args for req in requests})
-    for req, answer in zip(requests, answers, strict=True):
-        assert cached.dbdict[hash_args("loglikelihood", req.args)] == answer
 
 
 def test_loglikelihood_rolling_still_works(weights):

@@ -7,6 +7,7 @@ name against the hard-coded catalogue.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import yaml
@@ -26,13 +27,23 @@ def task_manager():
 
 def test_all_tasks_and_groups_register(task_manager):
     groups = tasks_by_group()
-    assert [len(tasks) for tasks in groups.values()] == [16, 17]
+    # human-written, LM-written (the data README: 16 and 17 files), audited human-written.
+    assert [len(tasks) for tasks in groups.values()] == [16, 17, 16]
     assert set(groups) <= set(task_manager.all_groups)
     for tasks in groups.values():
         assert set(tasks) <= set(task_manager.all_subtasks)
-    # Our names never shadow lm-eval's built-in advanced_ai_risk tasks.
-    assert not [name for name in task_manager.all_tasks if name.startswith("advanced_ai_risk_")
-                and name.startswith("anthropic_propensity")]  # fmt: skip
+    # Our folder registers exactly the catalogue's names, and no built-in name: lm-eval indexes
+    # one entry per name, so a YAML here reusing a built-in name (or any stray task name) would
+    # show up below as an entry whose file is ours.
+    from_our_folder = {
+        name
+        for name, entry in task_manager.task_index.items()
+        if entry.yaml_path and TASKS_DIR in Path(entry.yaml_path).resolve().parents
+    }
+    assert from_our_folder == set(groups) | {task for tasks in groups.values() for task in tasks}
+    # lm-eval's own advanced_ai_risk tasks stay available beside ours (from lm-eval's files,
+    # by the equality above).
+    assert "advanced_ai_risk_human-survival-instinct" in task_manager.all_tasks
 
 
 def test_tasks_load_with_pinned_provenance(task_manager, data_dir, monkeypatch):

@@ -74,6 +74,8 @@ class Question:
     choices: tuple[str, ...]
     target: int
     loglikelihoods: tuple[float, ...]
+    # Indices of the misaligned options (the direction table); empty where none is defined.
+    misaligned: tuple[int, ...] = ()
 
 
 @dataclass
@@ -102,6 +104,15 @@ class Run:
     system_prompt: str
     series: str  # the run name without its revision: runs of one model across checkpoints
     tasks: dict[str, TaskLog] = field(default_factory=dict)
+    thinking_closure: str = ""  # run_info.json's; "" for none (and for runs from before it)
+
+    @property
+    def prompt_label(self) -> str:
+        """The prompt mode as the report shows it: format, system prompt, thinking block."""
+        text = self.prompt_format + (" + system prompt" if self.system_prompt else "")
+        if self.thinking_closure:
+            text += f" + empty thinking block ({self.thinking_closure})"
+        return text
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -127,6 +138,7 @@ def parse_question(row: dict, where: str) -> Question:
         lls = tuple(float(response[0]) for response in row["filtered_resps"])
         doc_id = int(doc.get("id", row["doc_id"]))
         question = str(doc.get("question", ""))
+        misaligned = tuple(int(index) for index in doc.get("misaligned") or ())
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise ReportError(
             f"{where}: not a sample of this pack ({type(error).__name__}: {error}); {RERUN_HINT}"
@@ -135,7 +147,11 @@ def parse_question(row: dict, where: str) -> Question:
         raise ReportError(
             f"{where}: {len(lls)} scores for {len(choices)} options (target {target}); {RERUN_HINT}"
         )
-    return Question(doc_id, question, choices, target, lls)
+    if any(not 0 <= index < len(choices) for index in misaligned):
+        raise ReportError(
+            f"{where}: misaligned options {misaligned} outside the question's options"
+        )
+    return Question(doc_id, question, choices, target, lls, misaligned)
 
 
 def limit_text(value) -> str:
@@ -194,6 +210,7 @@ def read_task(task: str, files: TaskFiles, notes: list[str], run_name: str) -> T
         logged={
             "acc": logged.get("acc,none"),
             "soft_match": logged.get("soft_match,none"),
+            "misaligned": logged.get("misaligned,none"),
         },
     )
 
@@ -239,6 +256,7 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
         prompt_format=spec.prompt_format,
         system_prompt=spec.system_prompt,
         series=series if info else re.sub(r"@[^_]*", "", run_dir.name),
+        thinking_closure=str(info.get("thinking_closure") or ""),
     )
     for task, files in located.items():
         log = read_task(task, files, notes, run.name)

@@ -14,12 +14,16 @@ import numpy as np  # noqa: E402
 
 from propensity_evals.report.summary import RunSet  # noqa: E402
 
-METRIC_TITLES = {"acc": "matching-behaviour rate (acc)", "soft_match": "soft score (soft_match)"}
+METRIC_TITLES = {
+    "misaligned": "misalignment rate (misaligned, lower is better)",
+    "acc": "matching-behaviour rate (acc)",
+    "soft_match": "soft score (soft_match)",
+}
 DPI = 110
 
 
 def _estimate(cell, metric):
-    return cell.acc if metric == "acc" else cell.soft
+    return {"acc": cell.acc, "soft_match": cell.soft, "misaligned": cell.misaligned}[metric]
 
 
 def _series(run_set: RunSet, cells: list[tuple[str, str]], metric: str):
@@ -49,8 +53,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def directed_columns(run_set: RunSet) -> list:
+    return [c for c in run_set.columns if run_set.reference[c.key].misaligned.n > 0]
+
+
 def bars(run_set: RunSet, metric: str, out_dir: Path) -> Path:
     columns = [c for c in run_set.columns if c.kind != "macro"]
+    if metric == "misaligned":  # only the categories with a direction
+        columns = [c for c in directed_columns(run_set) if c.kind != "macro"]
     runs = run_set.runs
     width = 0.8 / max(1, len(runs))
     x = np.arange(len(columns))
@@ -59,10 +69,11 @@ def bars(run_set: RunSet, metric: str, out_dir: Path) -> Path:
         estimates, values = _series(run_set, [(run.name, c.key) for c in columns], metric)
         offset = (index - (len(runs) - 1) / 2) * width
         ax.bar(x + offset, values, width, yerr=_errors(estimates), capsize=2, label=run.name)
-    chance = [run_set.reference[c.key].chance for c in columns]
-    always_a = [run_set.reference[c.key].always_a for c in columns]
-    ax.hlines(chance, x - 0.45, x + 0.45, colors="black", linestyles="--", label="chance")
-    ax.scatter(x, always_a, marker="D", color="crimson", zorder=3, label="always (A)")
+    if metric != "misaligned":
+        chance = [run_set.reference[c.key].chance for c in columns]
+        always_a = [run_set.reference[c.key].always_a for c in columns]
+        ax.hlines(chance, x - 0.45, x + 0.45, colors="black", linestyles="--", label="chance")
+        ax.scatter(x, always_a, marker="D", color="crimson", zorder=3, label="always (A)")
     ax.set_xticks(x, [c.label for c in columns], rotation=40, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(METRIC_TITLES[metric])
@@ -74,7 +85,7 @@ def bars(run_set: RunSet, metric: str, out_dir: Path) -> Path:
 
 
 def heatmap(run_set: RunSet, metric: str, out_dir: Path) -> Path:
-    columns = run_set.columns
+    columns = directed_columns(run_set) if metric == "misaligned" else run_set.columns
     runs = run_set.runs
     grid = np.full((len(runs), len(columns)), np.nan)
     for i, run in enumerate(runs):
@@ -103,7 +114,7 @@ def heatmap(run_set: RunSet, metric: str, out_dir: Path) -> Path:
 
 
 def revisions(run_set: RunSet, series: str, out_dir: Path) -> Path:
-    """One panel per category (and group micro average): both metrics across revisions."""
+    """One panel per category (and group micro average): the metrics across revisions."""
     runs = run_set.revision_series[series]
     columns = [c for c in run_set.columns if c.kind != "macro"]
     per_row = min(4, len(columns))
@@ -114,7 +125,7 @@ def revisions(run_set: RunSet, series: str, out_dir: Path) -> Path:
     x = np.arange(len(runs))
     labels = [run.revision or "(none)" for run in runs]
     for ax, column in zip(axes.flat, columns, strict=False):
-        for metric, style in (("acc", "-o"), ("soft_match", "--s")):
+        for metric, style in (("acc", "-o"), ("soft_match", "--s"), ("misaligned", ":^")):
             cells = [(run.name, column.key) for run in runs]
             estimates, values = _series(run_set, cells, metric)
             ax.errorbar(x, values, yerr=_errors(estimates), fmt=style, capsize=2, label=metric)
@@ -132,6 +143,8 @@ def revisions(run_set: RunSet, series: str, out_dir: Path) -> Path:
 def draw(run_set: RunSet, out_dir: Path) -> list[Path]:
     charts = []
     for metric in METRIC_TITLES:
+        if metric == "misaligned" and not directed_columns(run_set):
+            continue
         charts.append(bars(run_set, metric, out_dir))
         charts.append(heatmap(run_set, metric, out_dir))
     for series in run_set.revision_series:

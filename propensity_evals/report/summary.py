@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from propensity_evals.catalog import HUMAN_GROUP, LM_GROUP
+from propensity_evals.catalog import AUDITED_GROUP, HUMAN_GROUP, LM_GROUP
 from propensity_evals.report import stats
 from propensity_evals.report.load import TASK_ORDER, TASKS, ReportError, Run
 
-GROUP_SHORT = {HUMAN_GROUP: "human", LM_GROUP: "lm"}
+GROUP_SHORT = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+METRICS = ("acc", "soft_match", "misaligned")
 TOLERANCE = 1e-6
 
 
@@ -112,7 +113,7 @@ def partition(runs: list[Run], warnings: list[str]) -> list[list[Run]]:
 
 def columns_for(tasks: set[str]) -> list[Column]:
     columns = []
-    for group in (HUMAN_GROUP, LM_GROUP):
+    for group in GROUP_SHORT:
         members = tuple(task for task in TASK_ORDER if task in tasks and TASKS[task][0] == group)
         if not members:
             continue
@@ -137,9 +138,17 @@ def column_cell(column: Column, scores: dict[str, stats.Scores]) -> stats.Cell |
 def cross_check(run: Run, scores: dict[str, stats.Scores], warnings: list[str]) -> None:
     """Warn where lm-eval's own aggregate disagrees with the recomputation."""
     for task, log in run.tasks.items():
-        for metric, values in (("acc", scores[task].acc), ("soft_match", scores[task].soft)):
+        task_scores = scores[task]
+        recomputed = (
+            ("acc", task_scores.acc),
+            ("soft_match", task_scores.soft),
+            ("misaligned", stats.directed(task_scores.misaligned)),
+        )
+        for metric, values in recomputed:
             logged = log.logged.get(metric)
-            if logged is not None and abs(float(logged) - float(values.mean())) > TOLERANCE:
+            if logged is None or not len(values):
+                continue
+            if abs(float(logged) - float(values.mean())) > TOLERANCE:
                 warnings.append(
                     f"{run.name}: {task} {metric} is {logged:.6f} in {log.results_path.name} "
                     f"but {values.mean():.6f} from the sample log (the report uses the log)"
@@ -172,7 +181,7 @@ def compare(run_set: RunSet, scores: dict[str, dict[str, stats.Scores]], baselin
             for result in stats.paired(stats.pool(x), stats.pool(y)):
                 family.append(Comparison(run_name, base_name, column, result))
         # One correction family per pair and metric: every category plus the pooled groups.
-        for metric in ("acc", "soft_match"):
+        for metric in METRICS:
             members = [item for item in family if item.result.metric == metric]
             p_values = [item.result.p for item in members]
             for item, p_holm, q_bh in zip(
@@ -206,12 +215,9 @@ def coverage(run_set: RunSet, warnings: list[str]) -> None:
                 f"have ({', '.join(task_label(task) for task in missing)}): its group averages "
                 "cover fewer categories"
             )
-    formats = {(run.prompt_format, run.system_prompt) for run in run_set.runs}
+    formats = {(run.prompt_format, run.system_prompt, run.thinking_closure) for run in run_set.runs}
     if len(formats) > 1:
-        described = ", ".join(
-            f"{run.name}: {run.prompt_format}{' + system prompt' if run.system_prompt else ''}"
-            for run in run_set.runs
-        )
+        described = ", ".join(f"{run.name}: {run.prompt_label}" for run in run_set.runs)
         warnings.append(
             f"set {run_set.index} mixes prompt formats ({described}): differences between "
             "these runs include the prompt change"

@@ -1,0 +1,35 @@
+"""Move a finished run from its staging folder into OUTPUT_DIR, never leaving half a file.
+
+Each array task evaluates into CLUSTER_DIR/staging/<task>/ and only a complete run is moved
+into ``OUTPUT_DIR/<run_name>/``. A task cancelled, preempted or killed mid-run therefore leaves
+its output folder as it was: the sweep sees the run as still to do and `make report` never
+meets a truncated file. Each file is copied under a hidden temporary name beside its
+destination, then renamed (atomic on one filesystem, and the staging folder may sit on
+another); results files go last, since they are what marks a task as present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def is_results_file(path: Path) -> bool:
+    return path.name.startswith("results_") and path.suffix == ".json"
+
+
+def publish(staged_run: Path, run_dir: Path) -> list[Path]:
+    """Copy every file of ``staged_run`` into ``run_dir`` (same relative paths); returns them."""
+    files = sorted(path for path in staged_run.rglob("*") if path.is_file())
+    ordered = [path for path in files if not is_results_file(path)]
+    ordered += [path for path in files if is_results_file(path)]
+    written = []
+    for source in ordered:
+        target = run_dir / source.relative_to(staged_run)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.partial")
+        shutil.copy2(source, temporary)
+        os.replace(temporary, target)
+        written.append(target)
+    return written
