@@ -326,6 +326,11 @@ def settle_mode(args: argparse.Namespace, model: str) -> None:
     """MODE's decisions (generate_mode.settle), written back into ``args`` so that the plan,
     the checks, the spec and the command all see the same tasks and prompt format."""
     try:
+        # A masked LM cannot write: say so before generate mode reads its context length.
+        choose_backend(args.backend, model, args.revision, args.mode.strip() or "loglik")
+    except BackendChoiceError as error:
+        raise LaunchError(str(error)) from None
+    try:
         settings = settle(
             model=model,
             revision=args.revision,

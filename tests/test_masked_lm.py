@@ -308,6 +308,21 @@ def test_masked_lms_get_hf_mlm_and_everything_else_stays(encoders, smollm2):
     assert choose_backend("hf", str(smollm2)) == "hf"
     # A hub id with no network and nothing cached: lm-eval will say what is wrong.
     assert choose_backend("hf-prefix", "org/name") == "hf-prefix"
+    # Generate mode writes with stock hf; a masked LM cannot write, whichever class is asked.
+    assert choose_backend("hf-prefix", str(smollm2), mode="generate") == "hf"
+    for requested in ("hf-prefix", "hf", "hf-mlm"):
+        with pytest.raises(BackendChoiceError, match="drop MODE=generate"):
+            choose_backend(requested, str(encoders["modernbert"]), mode="generate")
+
+
+def test_generate_mode_on_a_masked_lm_is_one_line(encoders, dry_env):
+    result = make(
+        "eval_cpu", f"MODEL={encoders['modernbert']}", "MODE=generate", "DRY_RUN=1",
+        env=dry_env, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "***" not in line]
+    assert len(lines) == 1 and "drop MODE=generate" in lines[0], result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -148,6 +148,21 @@ def test_stock_backends_refuse_a_template_left_to_think(qwen3_model, data_dir, m
     launch.check_thinking_backend("m", "hf", "")
 
 
+def test_generate_mode_leaves_the_thinking_open(r1_model, data_dir, monkeypatch, capsys):
+    """The closure is for scoring options; a model that writes its answer may think first."""
+    monkeypatch.setenv("PROPENSITY_DATA_DIR", str(data_dir))
+    argv = ["--model", str(r1_model), "--tasks", TASK, "--mode", "generate", "--backend", "hf-prefix"]
+    assert launch.main([*argv, "--wandb-mode", "disabled", "--dry-run", "--output-dir", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "run --model hf --model_args" in out  # stock hf: no closing chat rendering
+    assert "prompt_opens_think" in out  # the parser expects a </think> before the answer
+    args = launch.parse_args([*argv, "--output-dir", "x"])
+    model, label = launch.resolve_model(args)
+    launch.settle_mode(args, model)
+    assert launch.loglik_chat_closure(args, model) == ""
+    assert args.settings.prompt_opens_think and args.chat
+
+
 def test_closure_is_part_of_the_fingerprint():
     spec = RunSpec(model="m", prompt_format="chat", identity={"kind": "local", "files": "x"})
     closed = replace(spec, thinking_closure=CLOSED_BY_PACK)
