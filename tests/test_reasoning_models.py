@@ -151,7 +151,8 @@ def test_stock_backends_refuse_a_template_left_to_think(qwen3_model, data_dir, m
 def test_generate_mode_leaves_the_thinking_open(r1_model, data_dir, monkeypatch, capsys):
     """The closure is for scoring options; a model that writes its answer may think first."""
     monkeypatch.setenv("PROPENSITY_DATA_DIR", str(data_dir))
-    argv = ["--model", str(r1_model), "--tasks", TASK, "--mode", "generate", "--backend", "hf-prefix"]
+    argv = ["--model", str(r1_model), "--tasks", TASK, "--mode", "generate"]
+    argv += ["--backend", "hf-prefix"]
     assert launch.main([*argv, "--wandb-mode", "disabled", "--dry-run", "--output-dir", "x"]) == 0
     out = capsys.readouterr().out
     assert "run --model hf --model_args" in out  # stock hf: no closing chat rendering
