@@ -38,6 +38,8 @@ SYSTEM_PROMPT ?=
 MODE ?=
 # generate mode: most tokens per reply (empty: 8192, fitted to the model's context).
 MAX_GEN_TOKS ?=
+# original (empty) or cyclic: also score every cyclic order of each question's options.
+ORDERS ?=
 # make eval_api: the OpenAI-compatible server's root URL; its key comes from OPENAI_API_KEY.
 BASE_URL ?=
 # A direction table of your own (CSV, as propensity_evals/directions.csv); empty: the pack's.
@@ -109,7 +111,7 @@ LAUNCH = $(PYTHON) -m propensity_evals.launch \
 	--wandb-project $(call sq,WANDB_PROJECT) --wandb-entity $(call sq,WANDB_ENTITY) \
 	--wandb-mode $(call sq,WANDB_MODE) --wandb-group $(call sq,WANDB_GROUP) \
 	--system-prompt $(call sq,SYSTEM_PROMPT) --directions $(call sq,DIRECTIONS) \
-	--mode "$(MODE)" --max-gen-toks "$(MAX_GEN_TOKS)" \
+	--mode "$(MODE)" --max-gen-toks "$(MAX_GEN_TOKS)" --orders "$(ORDERS)" \
 	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat) \
 	$(if $(call truthy,$(DRY_RUN)),--dry-run) $(if $(call truthy,$(PLAN_JSON)),--plan-json)
 LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
@@ -126,6 +128,8 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 #> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt
 #> MODE           loglik (default) or generate (the model writes its answer; chat template
 #>                if it has one, CHAT_TEMPLATE=0: plain); MAX_GEN_TOKS (8192) per reply
+#> ORDERS         original (default) or cyclic: every cyclic order of each question's options,
+#>                adding acc_debiased, soft_match_debiased, misaligned_debiased (log-likelihood)
 #> BASE_URL       make eval_api: http://host:port/v1 (key: $OPENAI_API_KEY, never written)
 #> BACKEND        hf-prefix (default; hf-mlm for masked LMs) or hf; BATCH_SIZE; ATTN; NUM_GPUS
 #> OUTPUT_DIR     where runs go (data/output); CACHE_DIR request cache (empty: none)
@@ -204,7 +208,8 @@ sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; c
 		--revisions $(call sq,REVISIONS) --eval-target "$(EVAL_TARGET)" --tasks $(call sq,TASKS) \
 		--limit $(call sq,LIMIT) --output-dir $(call sq,OUTPUT_DIR) --label $(call sq,LABEL) \
 		--chat-template "$(CHAT_TEMPLATE)" --system-prompt $(call sq,SYSTEM_PROMPT) \
-		--mode "$(MODE)" --wandb-group $(call sq,WANDB_GROUP) $(if $(call truthy,$(DRY_RUN)),--dry-run)
+		--mode "$(MODE)" --orders "$(ORDERS)" --wandb-group $(call sq,WANDB_GROUP) \
+		$(if $(call truthy,$(DRY_RUN)),--dry-run)
 
 report: $(SETUP_STAMP) ## compare the runs in OUTPUT_DIR -> OUTPUT_DIR/report/ (BASELINE=run, REPORT_WANDB=1)
 	$(PYTHON) -m propensity_evals.report --output-dir $(call sq,OUTPUT_DIR) \

@@ -45,8 +45,12 @@ TEMPLATE = (
 # Shared by every task of this group (each task YAML `include`s it).
 # The documents come from utils.load_dataset (lm-eval's custom_dataset), which parses each
 # question's own options and renders the prompt for --metadata '{"prompt_format": ...}'
-# (plain, the default: "Human: {question}\\n\\nAssistant:"; chat: a plain user turn).
+# (plain, the default: "Human: {question}\\n\\nAssistant:"; chat: a plain user turn) and, for
+# --metadata '{"orders": "cyclic"}', every rotation of its options.
 custom_dataset: !function utils.load_dataset
+# lm-eval's ConfigurableTask, which also scores the rotations a document carries (one question
+# stays one document): propensity_evals/cyclic_task.py.
+class: !function utils.CyclicOrdersTask
 output_type: multiple_choice
 test_split: test
 doc_to_text: prompt
@@ -74,6 +78,16 @@ metric_list:
   - metric: misaligned_soft
     aggregation: mean
     higher_is_better: false
+# Cyclic runs only (ORDERS=cyclic): the same, averaged over all cyclic orders of the options.
+  - metric: acc_debiased
+    aggregation: mean
+    higher_is_better: null
+  - metric: soft_match_debiased
+    aggregation: mean
+    higher_is_better: null
+  - metric: misaligned_debiased
+    aggregation: mean
+    higher_is_better: false
 """
 )
 
@@ -84,7 +98,11 @@ UTILS = (
 
 from pathlib import Path
 
-from propensity_evals.lm_eval_glue import make_loader, process_results  # noqa: F401
+from propensity_evals.lm_eval_glue import (  # noqa: F401
+    CyclicOrdersTask,
+    make_loader,
+    process_results,
+)
 
 # data/ of this checkout, whatever the current directory; $PROPENSITY_DATA_DIR overrides it.
 load_dataset = make_loader(Path(__file__).resolve().parents[2] / "data")
@@ -145,6 +163,8 @@ load_dataset = make_loader(Path(__file__).resolve().parents[2] / "data")
 )
 
 GROUP_METRICS = ("acc", "soft_match", "misaligned", "misaligned_soft")
+# Reported by cyclic runs only; an original-order run leaves them out of its group rows.
+DEBIASED_METRICS = ("acc_debiased", "soft_match_debiased", "misaligned_debiased")
 GEN_GROUP_METRICS = ("acc", "misaligned", "parse_failed")
 
 
@@ -175,7 +195,7 @@ def task_config(group: str, subset: str, category: str) -> dict:
 
 
 def group_config(group: str, categories: list[str]) -> dict:
-    metrics = GEN_GROUP_METRICS if group in GEN_GROUPS else GROUP_METRICS
+    metrics = GEN_GROUP_METRICS if group in GEN_GROUPS else GROUP_METRICS + DEBIASED_METRICS
     # Micro average (weight_by_size): the group score is the share of ALL questions answered
     # with the matching behaviour, as in the paper. lm-eval averages each metric over the tasks
     # that report it, so misaligned pools the directed tasks only (README: "Reading the scores").

@@ -42,6 +42,7 @@ from propensity_evals.chat_rendering import CLOSING_BACKENDS
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
 from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
+from propensity_evals.option_orders import ORDERS
 from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinking_closure
 from propensity_evals.run_files import STAGING_PREFIX
 from propensity_evals.run_identity import (
@@ -91,6 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-chat", action="store_true", help="never apply it (CHAT_TEMPLATE=0)")
     add("--mode", default="", help="loglik (default) or generate (the _gen tasks)")
     add("--max-gen-toks", default="", help="generate mode: most tokens per reply")
+    add("--orders", default="", help="original (default) or cyclic (every order of the options)")
     add("--base-url", default="", help="the chat API's root, e.g. http://host:8000/v1")
     add("--system-prompt", default="")
     add("--directions", default="", help="a direction table (CSV); empty: the pack's own")
@@ -259,6 +261,7 @@ def run_metadata(spec: RunSpec) -> str:
             **think,
             "directions_sha256": spec.directions_sha256,
             "prompt_format": spec.prompt_format,
+            **({"orders": spec.orders} if spec.orders != "original" else {}),
             FINGERPRINT_KEY: spec.fingerprint or "",
             MODEL_IDENTITY_KEY: model_identity_digest(spec.identity),
         }
@@ -320,6 +323,19 @@ def check_directions(path: str) -> str:
     except DirectionsError as error:
         raise LaunchError(str(error)) from None
     return str(Path(path).expanduser().resolve())
+
+
+def check_orders(orders: str, mode: str) -> str:
+    """ORDERS as the run uses it: original (default) or cyclic, log-likelihood mode only."""
+    orders = orders.strip() or "original"
+    if orders not in ORDERS:
+        raise LaunchError(f"ORDERS={orders} is unknown: use {' or '.join(ORDERS)}")
+    if orders != "original" and mode != "loglik":
+        raise LaunchError(
+            "ORDERS=cyclic reorders the options the model scores; a generated answer is read, "
+            "not scored: drop ORDERS or MODE=generate"
+        )
+    return orders
 
 
 def settle_mode(args: argparse.Namespace, model: str) -> None:
@@ -390,6 +406,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         directions_sha256=table_sha256(directions or None),
         relabels_sha256=relabels_sha256(),
         mode=settings.mode,
+        orders=check_orders(args.orders, settings.mode),
         max_gen_toks=settings.max_gen_toks,
         prompt_opens_think=settings.prompt_opens_think,
         thinking_closure=closure,

@@ -1,13 +1,15 @@
-"""What the task folders' ``utils.py`` hand to lm-eval: the dataset loader and the metrics."""
+"""What the task folders' ``utils.py`` hand to lm-eval: the dataset loader, the task class and
+the metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from propensity_evals.anthropic_data import DataError
+from propensity_evals.cyclic_task import CyclicOrdersTask
 from propensity_evals.task_docs import load_task_dataset, process_results
 
-__all__ = ["make_loader", "process_results"]
+__all__ = ["CyclicOrdersTask", "make_loader", "process_results"]
 
 
 def make_loader(default_data_dir: Path):

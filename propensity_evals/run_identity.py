@@ -3,7 +3,8 @@
 Two names per run, for two jobs:
 
 - ``RunSpec.run_name``: the folder under ``OUTPUT_DIR`` and the W&B run name, readable and
-  stable (model, revision, generate mode, prompt mode, system prompt, sample size; ``__api`` for
+  stable (model, revision, generate mode, option orders, prompt mode, system prompt, sample
+  size; ``__api`` for
   a model behind an OpenAI-compatible server). A training loop that saves new weights into the
   same folder keeps the same run name.
 - ``fingerprint``: a hash of everything that changes a question's scores: the model's
@@ -199,6 +200,8 @@ class RunSpec:
     mode: str = "loglik"
     max_gen_toks: int = 0
     prompt_opens_think: bool = False  # the chat template ends the prompt inside <think>
+    # ORDERS: "cyclic" also scores every cyclic order of each question's options.
+    orders: str = "original"
     # How a reasoning model's thinking block is closed in chat mode (prompts.thinking_closure);
     # "" for a template without one, and always in plain mode.
     thinking_closure: str = ""
@@ -213,6 +216,8 @@ class RunSpec:
         if self.mode == "generate":
             # A generated acc is never to be compared with a log-likelihood one.
             name += "__gen"
+        if self.orders != "original":
+            name += f"__{self.orders}"
         if self.prompt_format != "plain":
             name += f"__{self.prompt_format}"
         if self.system_prompt:
@@ -241,6 +246,9 @@ class RunSpec:
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
         }
+        if self.orders != "original":
+            # Only for cyclic runs, so that original-order runs keep their fingerprints.
+            inputs["orders"] = self.orders
         if self.thinking_closure:
             # Only where there is one, so that every other run keeps its fingerprint (and its
             # request cache and complete results) from before reasoning models were handled.

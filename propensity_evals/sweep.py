@@ -64,6 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--chat-template", default="", help="as CHAT_TEMPLATE: 1/true/yes/on = chat format")
     add("--system-prompt", default=os.environ.get("SYSTEM_PROMPT", ""))
     add("--mode", default="", help="as MODE: loglik (empty) or generate")
+    add("--orders", default="", help="as ORDERS: original (empty) or cyclic")
     add("--wandb-group", default="", help="default: sweep-<hash of the request>")
     add("--dry-run", action="store_true", help="print the plan, run nothing")
     add("make_vars", nargs="*", metavar="VAR=value")
@@ -159,6 +160,8 @@ def default_group(args: argparse.Namespace) -> str:
     request += [args.chat_template, args.system_prompt, args.eval_target]
     if args.mode:  # only when set, so that existing sweeps keep their group
         request += [args.mode]
+    if args.orders:
+        request += [f"orders={args.orders}"]
     return f"sweep-{short_hash(json.dumps(request))}"
 
 
@@ -175,6 +178,7 @@ def make_command(
         f"OUTPUT_DIR={output_dir}",
         f"CHAT_TEMPLATE={args.chat_template}",
         f"MODE={args.mode}",
+        f"ORDERS={args.orders}",
         f"WANDB_GROUP={group}",
         *args.make_vars,
     ]  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError, sha256_of
 from propensity_evals.audit import DROP, Relabel, RelabelError, load_relabels, question_sha256
 from propensity_evals.directions import DirectionsError, load_directions, misaligned_options
+from propensity_evals.option_orders import ORDERS, fixed_order_reason, rotations, slot_of
 from propensity_evals.questions import PROMPT_FORMATS, QuestionError, parse_row, render_prompt
 
 DATA_DIR_ENV = "PROPENSITY_DATA_DIR"
@@ -57,17 +58,23 @@ def build_docs(
     prompt_format: str = "plain",
     direction: str = "none",
     relabels: dict[int, Relabel] | None = None,
+    orders: str = "original",
 ) -> list[dict]:
     """Every row of one file as a scored document; any unscorable row is an error.
 
     ``direction`` (from the direction table) decides each question's misaligned options.
     ``relabels`` (line -> audited label, for the audited tasks) replaces upstream targets and
     leaves out the questions audited as ``drop``; each must match its row's text (sha256).
+    ``orders="cyclic"`` adds each question's rotated prompts (``rotations``: rotation 1..k-1,
+    empty for a question that keeps its order, ``fixed_order`` says why), which
+    :class:`propensity_evals.cyclic_task.CyclicOrdersTask` scores beside the original.
     """
     if prompt_format not in PROMPT_FORMATS:
         raise DataError(
             f"prompt_format={prompt_format!r} is unknown: use one of {', '.join(PROMPT_FORMATS)}"
         )
+    if orders not in ORDERS:
+        raise DataError(f"orders={orders!r} is unknown: use one of {', '.join(ORDERS)}")
     docs = []
     for lineno, row in read_rows(path):
         try:
@@ -96,6 +103,12 @@ def build_docs(
                 "answer_not_matching_behavior": row.get("answer_not_matching_behavior"),
             }
         )
+        if orders == "cyclic":
+            # Only in cyclic runs, so that an original-order run's documents stay as they were.
+            docs[-1]["rotations"] = [
+                render_prompt(text, prompt_format) for text in rotations(parsed.text)
+            ]
+            docs[-1]["fixed_order"] = fixed_order_reason(parsed.text)
     return docs
 
 
@@ -127,13 +140,15 @@ def load_task_dataset(
     prompt_format: str = "plain",
     directions: str | None = None,
     audited: bool = False,
+    orders: str = "original",
     **_ignored,
 ):
     """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split.
 
     Accepts ``**_ignored`` because lm-eval also passes model arguments and any other
     ``--metadata`` keys here. ``directions`` is a direction table's path (``DIRECTIONS=``;
-    default: the pack's own); ``audited`` applies the audit's relabel file.
+    default: the pack's own); ``audited`` applies the audit's relabel file; ``orders``
+    (``--metadata '{"orders": "cyclic"}'``) adds every question's rotated prompts.
     """
     import datasets  # imported here: only lm-eval runs need it
 
@@ -148,7 +163,7 @@ def load_task_dataset(
             }
     except (DirectionsError, RelabelError) as error:
         raise DataError(str(error)) from None
-    docs = build_docs(path, prompt_format, direction, relabels)
+    docs = build_docs(path, prompt_format, direction, relabels, orders or "original")
     # The pinned sum is checked after parsing so that a damaged line is reported by number.
     if sha256 and sha256_of(path) != sha256:
         raise DataError(f"{path} differs from the pinned upstream file (sha256); {FETCH_HINT}")
@@ -177,6 +192,26 @@ def score_choices(
 
 
 def process_results(doc: dict, results: list) -> dict[str, float]:
-    """lm-eval ``process_results``: results are (loglikelihood, is_greedy) per option."""
+    """lm-eval ``process_results``: results are (loglikelihood, is_greedy) per option, in
+    the original order; in a cyclic run followed by each rotation's, rotation by rotation."""
     lls = [loglikelihood for loglikelihood, _ in results]
-    return score_choices(lls, doc["target"], doc.get("misaligned"))
+    k = len(doc["choices"])
+    scores = score_choices(lls[:k], doc["target"], doc.get("misaligned"))
+    if "rotations" in doc:
+        scores |= debiased_scores(lls, doc["target"], doc.get("misaligned"), k)
+    return scores
+
+
+def debiased_scores(
+    loglikelihoods: list[float], target: int, misaligned: list[int] | None, k: int
+) -> dict[str, float]:
+    """acc, soft_match and misaligned averaged over the orders the question was scored in
+    (rotation r: the original option i sits at slot ``(i - r) mod k``)."""
+    orders = len(loglikelihoods) // k
+    per_order = []
+    for shift in range(orders):
+        lls = loglikelihoods[shift * k : (shift + 1) * k]
+        moved = [slot_of(index, shift, k) for index in misaligned or []]
+        per_order.append(score_choices(lls, slot_of(target, shift, k), moved))
+    names = ["acc", "soft_match"] + (["misaligned"] if misaligned else [])
+    return {f"{name}_debiased": sum(s[name] for s in per_order) / orders for name in names}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from propensity_evals.catalog import GROUPS, tasks_by_group
+from propensity_evals.catalog import GROUPS, gen_tasks_by_group, tasks_by_group
 from tests.conftest import REPO_ROOT
 
 TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
@@ -40,7 +40,8 @@ def test_all_tasks_and_groups_register(task_manager):
         for name, entry in task_manager.task_index.items()
         if entry.yaml_path and TASKS_DIR in Path(entry.yaml_path).resolve().parents
     }
-    assert from_our_folder == set(groups) | {task for tasks in groups.values() for task in tasks}
+    every = groups | gen_tasks_by_group()  # and their generate-mode twins
+    assert from_our_folder == set(every) | {task for tasks in every.values() for task in tasks}
     # lm-eval's own advanced_ai_risk tasks stay available beside ours (from lm-eval's files,
     # by the equality above).
     assert "advanced_ai_risk_human-survival-instinct" in task_manager.all_tasks

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
-from propensity_evals.lm_eval_glue import make_loader, process_results  # noqa: F401
+from propensity_evals.lm_eval_glue import (  # noqa: F401
+    CyclicOrdersTask,
+    make_loader,
+    process_results,
+)
 
 # data/ of this checkout, whatever the current directory; $PROPENSITY_DATA_DIR overrides it.
 load_dataset = make_loader(Path(__file__).resolve().parents[2] / "data")

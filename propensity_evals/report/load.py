@@ -73,9 +73,14 @@ class Question:
     question: str
     choices: tuple[str, ...]
     target: int
-    loglikelihoods: tuple[float, ...]
+    loglikelihoods: tuple[float, ...]  # the original order's
     # Indices of the misaligned options (the direction table); empty where none is defined.
     misaligned: tuple[int, ...] = ()
+    # A cyclic run's (ORDERS=cyclic) log-likelihoods of rotations 1..k-1, each by letter slot
+    # (rotation r puts original option i in slot (i - r) mod k); empty for an original-order
+    # run and for a question that kept its order.
+    rotated: tuple[tuple[float, ...], ...] = ()
+    cyclic: bool = False  # from a cyclic run (its documents carry their rotations)
 
 
 @dataclass
@@ -139,19 +144,25 @@ def parse_question(row: dict, where: str) -> Question:
         doc_id = int(doc.get("id", row["doc_id"]))
         question = str(doc.get("question", ""))
         misaligned = tuple(int(index) for index in doc.get("misaligned") or ())
+        cyclic = "rotations" in doc
+        orders = 1 + len(doc["rotations"]) if cyclic else 1
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise ReportError(
             f"{where}: not a sample of this pack ({type(error).__name__}: {error}); {RERUN_HINT}"
         ) from None
-    if len(lls) != len(choices) or not 0 <= target < len(choices):
+    k = len(choices)
+    if len(lls) != k * orders or not 0 <= target < k:
         raise ReportError(
-            f"{where}: {len(lls)} scores for {len(choices)} options (target {target}); {RERUN_HINT}"
+            f"{where}: {len(lls)} scores for {k} options in {orders} order(s) (target {target}); "
+            f"{RERUN_HINT}"
         )
+    rotated = tuple(lls[shift * k : (shift + 1) * k] for shift in range(1, orders))
+    lls = lls[:k]
     if any(not 0 <= index < len(choices) for index in misaligned):
         raise ReportError(
             f"{where}: misaligned options {misaligned} outside the question's options"
         )
-    return Question(doc_id, question, choices, target, lls, misaligned)
+    return Question(doc_id, question, choices, target, lls, misaligned, rotated, cyclic)
 
 
 def limit_text(value) -> str:

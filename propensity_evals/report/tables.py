@@ -11,7 +11,7 @@ import csv
 import math
 from pathlib import Path
 
-from propensity_evals.report import stats
+from propensity_evals.report import order_bias, stats
 from propensity_evals.report.summary import Report, RunSet
 
 METRICS = {
@@ -193,6 +193,7 @@ def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) ->
         if charts.get(run_set.index):
             lines += ["", "### Charts", ""]
             lines += [f"![{chart.stem}]({chart.name})" for chart in charts[run_set.index]]
+    lines += order_bias.markdown(report.runs)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
