@@ -9,6 +9,11 @@ matching option, renormalised over its options) are compared. The table goes int
     python benchmarks/bench_prefix_sharing.py                # 15 questions per task (~240)
     python benchmarks/bench_prefix_sharing.py --full         # the whole human-written suite
     python benchmarks/bench_prefix_sharing.py --sweep ""     # skip the batch-size sweep
+    python benchmarks/bench_prefix_sharing.py --count-rotations human  # tokens only, no model
+
+``--count-rotations`` (``--chat``, ``--system-prompt``) counts the context tokens of scoring
+every cyclic order of each question's options: each context run whole, or the orders' common
+stem once per question, as ``hf-prefix`` runs them.
 
 ``--use_cache`` is never used: a cached request costs nothing, which would distort the times.
 Tokens are counted as each formulation processes them: per option ``len(context) +
@@ -31,6 +36,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from propensity_evals.prompts import render_context
+from propensity_evals.questions import _OPTION_LINE, QuestionError, parse_row, render_prompt
+from propensity_evals.task_docs import read_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
@@ -112,6 +121,121 @@ def run_one(spec: dict) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+# -- every cyclic order of the options: the context tokens it costs -------------------------
+
+SUITES = {
+    "human": "human_generated_evals",
+    "lm": "lm_generated_evals",
+}
+
+
+def rotated_texts(text: str) -> list[str] | None:
+    """``text`` with its options in each cyclic order, the order as written first: rotation
+    ``r`` puts option ``(i + r) % k``'s text in slot ``i`` of the last ``Choices:`` block.
+    None where that would not be the same question: no ``Choices:`` header (the options are
+    not one block) or a block whose lines are not (A), (B), ... once each, in order."""
+    header = text.rfind("Choices:")
+    if header < 0:
+        return None
+    start = header + len("Choices:")
+    lines = list(_OPTION_LINE.finditer(text, start))
+    letters = [line.group(1) for line in lines]
+    if len(lines) < 2 or letters != [chr(ord("A") + i) for i in range(len(lines))]:
+        return None
+    options = [line.group(2) for line in lines]
+    texts = []
+    for shift in range(len(options)):
+        out, end = [], 0
+        for slot, line in enumerate(lines):
+            out += [text[end : line.start(2)], options[(slot + shift) % len(options)]]
+            end = line.end(2)
+        texts.append("".join(out) + text[end:])
+    return texts
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def count_rotation_tokens(tokenizer, folder: Path, system_prompt: str = "", chat: bool = False):
+    """Context tokens (as lm-eval encodes them: no special tokens added) over every file in
+    ``folder``: the options as written, each context once; every cyclic rotation, each
+    context once; every rotation with the stem (the rotations' common prefix) run once per
+    question. Also the preamble every question shares (a system prompt, a chat template's
+    header), which sharing across questions would run once instead of once per question."""
+    counts = {"questions": 0, "unrotatable": 0, "original": 0, "rotations": 0, "stem_once": 0}
+    template = tokenizer if chat else None
+    preamble: list[int] | None = None
+    for path in sorted(folder.glob("*.jsonl")):
+        for _, row in read_rows(path):
+            try:
+                text = parse_row(row).text
+            except QuestionError:
+                continue
+            texts = rotated_texts(text)
+            if texts is None:
+                # Ignored in every count: no faithful rotation exists to compare with.
+                counts["unrotatable"] += 1
+                continue
+            prompts = [render_prompt(t, "chat" if chat else "plain") for t in texts]
+            contexts = [
+                tokenizer(render_context(p, system_prompt, template), add_special_tokens=False)[
+                    "input_ids"
+                ]
+                for p in prompts
+            ]
+            stem = min(common_prefix(contexts[0], c) for c in contexts[1:])
+            preamble = contexts[0] if preamble is None else preamble
+            preamble = preamble[: common_prefix(preamble, contexts[0])]
+            counts["questions"] += 1
+            counts["original"] += len(contexts[0])
+            counts["rotations"] += sum(len(c) for c in contexts)
+            counts["stem_once"] += stem + sum(len(c) - stem for c in contexts)
+    counts["preamble"] = len(preamble or [])
+    # The preamble run once for the whole suite instead of once per question.
+    counts["stem_once_shared_preamble"] = (
+        counts["stem_once"] - (counts["questions"] - 1) * (counts["preamble"])
+    )
+    return counts
+
+
+def render_rotation_counts(args, model_dir: str) -> str:
+    from transformers import AutoTokenizer
+
+    from propensity_evals.task_docs import resolve_data_dir
+
+    data = resolve_data_dir(REPO_ROOT.parent / "shared/data/anthropic-evals")
+    folder = data / "advanced-ai-risk" / SUITES[args.count_rotations]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    counts = count_rotation_tokens(tokenizer, folder, args.system_prompt, args.chat)
+    base = counts["original"]
+    mode = "chat template" if args.chat else "plain"
+    system = f", system prompt {args.system_prompt!r}" if args.system_prompt else ""
+    return "\n".join(
+        [
+            f"{folder.name} ({mode}{system}), `{args.model_label}` tokenizer: "
+            f"{counts['questions']:,} questions rotated, {counts['unrotatable']:,} left out "
+            "(no faithful rotation).",
+            "",
+            "| contexts | tokens | vs original |",
+            "|---|---:|---:|",
+            f"| options as written, each context once | {base:,} | 1.000x |",
+            f"| every rotation, each context once | {counts['rotations']:,} "
+            f"| {counts['rotations'] / base:.3f}x |",
+            f"| every rotation, stem once per question | {counts['stem_once']:,} "
+            f"| {counts['stem_once'] / base:.3f}x |",
+            f"| ... and the {counts['preamble']}-token preamble once for all questions "
+            f"| {counts['stem_once_shared_preamble']:,} "
+            f"| {counts['stem_once_shared_preamble'] / base:.3f}x |",
+        ]
+    )
 
 
 # -- other processes on the machine ---------------------------------------------------------
@@ -300,6 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         help="more hf-prefix batch sizes to time ('' = none; default 1,8,32,64 for the sample, "
         "none with --full, where each size would add ~20 min)",
     )
+    parser.add_argument(
+        "--count-rotations",
+        choices=sorted(SUITES),
+        help="only count the context tokens of scoring every cyclic order of the options "
+        "(tokenizer of --model) over this suite; runs no model",
+    )
+    parser.add_argument("--system-prompt", default="", help="for --count-rotations")
+    parser.add_argument("--chat", action="store_true", help="for --count-rotations: chat template")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine per run"
@@ -315,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = str(default_model.smollm2_dir())
     args.model_label = Path(model_dir).name if Path(model_dir).exists() else model_dir
+    if args.count_rotations:
+        print(render_rotation_counts(args, model_dir))
+        return 0
 
     common = {
         "model_dir": model_dir,

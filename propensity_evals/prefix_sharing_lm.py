@@ -1,36 +1,63 @@
-"""lm-eval's HF backend, scoring each shared context once: registered as ``hf-prefix``.
+"""lm-eval's HF backend, scoring each shared context prefix once: registered as ``hf-prefix``.
 
 A multiple-choice question becomes one loglikelihood request per option, all with the same
 context (``Human: ...\\n\\nAssistant:``) and a short continuation (`` (A)``, `` (B)``, ...).
-lm-eval's ``hf`` model runs the whole context again for every option. This class groups the
-requests by their context tokens, runs each context through the model once, keeps its KV
-cache, and scores every continuation of that context from the cache: about half the tokens
-for this suite, and the same numbers up to floating-point rounding.
+lm-eval's ``hf`` model runs the whole context again for every option. This class runs each
+token prefix that several requests share once, keeps its KV cache, and scores what follows
+from copies of that cache: the same numbers up to floating-point rounding. Requests are
+arranged as a two-level token trie:
+
+- requests with identical context tokens form one context (about half the tokens of ``hf``
+  for this suite, the options in one order);
+- distinct contexts that share a stem form a cluster: sorted by their tokens, contexts with a
+  common prefix are neighbours, and a context joins its neighbours' cluster when the stem
+  they would share (at least ``MIN_STEM`` tokens) saves more tokens than the cluster saved
+  without it. The case this is for: a question scored in every cyclic order of its options
+  sends k contexts that agree up to the option block. The stem (preamble and question text)
+  runs once per question, then each context's suffix (its option block and the assistant
+  cue) runs on a copy of the stem's cache, then its continuations on a copy of the context's.
+  Over the human-written suite with the SmolLM2 tokenizer, every order with each context run
+  whole costs 2.17x the context tokens of the written order alone; with the stem once per
+  question, 1.38x (lm-written: 2.00x and 1.39x; ``benchmarks/bench_prefix_sharing.py
+  --count-rotations``). The clusters formed here run 1.35x: a few templated questions share
+  a longer prefix across questions too.
+
+A preamble shared by all questions (a system prompt, a chat template's header) is not run
+once for the suite: a context joins a cluster on it only where that beats its question's own
+stem, which it rarely does. What running it once would save, over the same suite in every
+order (stems once per question): the plain format shares 2 tokens (``Human:``), 2% of the
+tokens; a 15-token system prompt in the plain format, 14%; SmolLM2's chat template with its
+default system prompt, a 24-token header, 20%. That needs a third trie level (a preamble
+cache copied into every cluster's stem pass), not built here.
 
 What stays exactly as in ``hf``:
 
 - tokenisation: requests arrive already encoded by lm-eval's ``_encode_pair``, and the model
-  sees precisely ``context_enc + continuation_enc[:-1]``, the tokens ``hf`` feeds it;
+  sees precisely ``context_enc + continuation_enc[:-1]``, the tokens ``hf`` feeds it, each
+  at the position it has there;
 - the answer per request, ``(sum of continuation token logprobs, is_greedy)``, returned in the
-  original order and written to lm-eval's request cache (``--use_cache``);
+  original order and written to lm-eval's request cache (``--use_cache``) as each batch ends;
 - everything else: generation, ``loglikelihood_rolling``, seq2seq models, requests that
   ``hf`` would truncate, and models whose forward takes no KV cache or position ids all go
   through ``HFLM`` unchanged.
 
-``batch_size`` counts scored requests (continuation rows) per forward pass, as in ``hf``, and
-no pass holds more: whole questions are packed into a batch, and a question with more options
-than a batch holds has its context run once and its continuations scored in several passes
-from copies of that context's cache, so memory stays below that of an ``hf`` batch of the same
-size. Contexts in a batch are left-padded, the layout of batched generation that every HF
-attention implementation supports, so each row's last context token sits in the last column
-and the continuations append without holes in the cache.
+``batch_size`` bounds the rows of every forward pass, as in ``hf``: a batch holds whole
+clusters, at most ``batch_size`` contexts in all (one cluster of more contexts runs alone,
+its suffixes in several passes from copies of the stem's cache), and its continuations are
+scored ``batch_size`` rows per pass from copies of the contexts' cache. No pass holds more
+rows or longer ones than an ``hf`` batch of that size, and none keeps logits beyond the last
+context position and the continuation tokens, so memory stays below ``hf``'s. Stems are
+left-padded in their pass; suffixes are left-padded in theirs (the padding between a stem and
+its suffix is masked out, and position ids count real tokens only), so each context's last
+token sits in the last column and continuations append without holes after it. Batches are
+cut where padding would pass ``MAX_PADDING`` of their tokens, stems longest first.
 
 ``batch_size=auto`` and ``auto:N`` run ``hf``'s probe (the largest of ``max_batch_size``,
 0.9 times that, ... that runs rows of the longest request 5 times) at the same fractions of the
-run as ``hf``, but on each data-parallel rank alone: ``hf`` takes the minimum over ranks with an
-all-gather, which hangs a run when one rank has nothing to score (all its answers cached by
-``--use_cache``) and never reaches it. No rank needs another's size, as scoring here involves no
-collective.
+run as ``hf``, for the longest request left, but on each data-parallel rank alone: ``hf``
+takes the minimum over ranks with an all-gather, which hangs a run when one rank has nothing to
+score (all its answers cached by ``--use_cache``) and never reaches it. No rank needs
+another's size, as scoring here involves no collective.
 """
 
 from __future__ import annotations
@@ -39,6 +66,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lm_eval.models  # noqa: F401  (registers lm-eval's own model names before ours)
 import torch
@@ -57,14 +85,14 @@ logger = logging.getLogger(__name__)
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
 # A context and its continuations, each with the indices of the requests asking for it.
 Group = tuple[tuple[int, ...], dict[tuple[int, ...], list[int]]]
-# (rows already scored, tokens of the next batch's longest request) -> rows the batch may hold
+# (rows already scored, tokens of the longest request left) -> rows each pass may hold
 RowLimit = Callable[[int, int], int]
 
 
 @register_model("hf-prefix")
 class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
-    """``HFLM`` that runs each distinct context once per loglikelihood call (and renders chat
-    prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`)."""
+    """``HFLM`` that runs each shared context prefix once per loglikelihood call (and renders
+    chat prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`)."""
 
     def _loglikelihood_tokens(
         self,
@@ -104,12 +132,13 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             disable=(disable_tqdm or self.rank != 0),
             desc="Running loglikelihood requests (shared prefixes)",
         )
-        # Longest contexts first, as in hf: little padding within a batch, and an
-        # out-of-memory error shows up at once rather than at the end.
-        ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
+        # Longest stems first (for contexts alone, longest contexts first, as in hf): little
+        # padding within a batch, and an out-of-memory error shows up early.
+        clusters = sorted(_cluster(groups), key=lambda c: (-c.stem, -c.longest, c.groups[0][0]))
         rows = sum(len(conts) for conts in groups.values())
-        for batch, limit in _pack(ordered, self._row_limit(rows, override_bs)):
-            for (_, conts), answers in zip(batch, self._score_batch(batch, limit), strict=True):
+        for batch, limit in _pack(clusters, self._row_limit(rows, override_bs)):
+            contexts = [group for cluster in batch for group in cluster.groups]
+            for (_, conts), answers in zip(contexts, self._score_batch(batch, limit), strict=True):
                 for indices, answer in zip(conts.values(), answers, strict=True):
                     for i in indices:
                         results[i] = answer
@@ -146,7 +175,7 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         )
 
     def _row_limit(self, total_rows: int, override_bs: int | None) -> RowLimit:
-        """How many continuation rows each batch may hold, as the run goes."""
+        """How many rows each pass of a batch may hold, as the run goes."""
         if override_bs is not None:
             return lambda done, length: override_bs
         if self.batch_size != "auto":
@@ -200,84 +229,140 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
 
     # -- the forward passes ------------------------------------------------------------------
 
-    def _score_batch(self, batch: list[Group], limit: int) -> list[list[tuple[float, bool]]]:
-        """Per context in ``batch``, the answer for each of its continuations, in order; at
-        most ``limit`` continuation rows per forward pass."""
-        device = self.device
-        contexts = [context for context, _ in batch]
-        width = max(len(c) for c in contexts)
-        pad = self.tokenizer.pad_token_id or 0
-        ctx_ids = torch.full((len(contexts), width), pad, dtype=torch.long, device=device)
-        ctx_mask = torch.zeros((len(contexts), width), dtype=torch.long, device=device)
-        for row, context in enumerate(contexts):
-            ctx_ids[row, width - len(context) :] = torch.tensor(context, device=device)
-            ctx_mask[row, width - len(context) :] = 1
-        ctx_lens = ctx_mask.sum(dim=1)
-
-        # One row per continuation; continuation_enc[0] is predicted by the context's last
-        # logit, the rest by a second pass over continuation_enc[:-1] on top of the cache.
-        owners: list[int] = []
-        conts: list[tuple[int, ...]] = []
-        for row, (_, group_conts) in enumerate(batch):
-            for cont in group_conts:
-                owners.append(row)
-                conts.append(cont)
-        owner_idx = torch.tensor(owners, dtype=torch.long, device=device)
-
-        answers: list[list[tuple[float, bool]]] = [[] for _ in batch]
+    def _score_batch(self, batch: list[Cluster], limit: int) -> list[list[tuple[float, bool]]]:
+        """Per context in ``batch`` (its clusters' contexts, in order), the answer for each of
+        its continuations, in order; at most ``limit`` rows per forward pass."""
+        groups = [group for cluster in batch for group in cluster.groups]
+        owners = [n for n, cluster in enumerate(batch) for _ in cluster.groups]
+        stems = [cluster.groups[0][0][: cluster.stem] for cluster in batch]
+        suffixes = [group[0][cluster.stem :] for cluster in batch for group in cluster.groups]
         with torch.no_grad(), self._autocast():
-            padded = {
-                "attention_mask": ctx_mask,
-                "position_ids": (ctx_mask.cumsum(1) - 1).clamp(min=0),
-            }
+            stem_ids, stem_mask = self._left_padded(stems)
             first = self._forward(
-                input_ids=ctx_ids,
+                input_ids=stem_ids,
                 use_cache=True,
                 last_only=True,
                 # Without padding the model's own causal mask is the same thing, and lets
                 # attention take its faster is_causal path (~20% less time on CPU at 500 tokens).
-                **(padded if bool((ctx_mask == 0).any()) else {}),
+                **(self._padded_inputs(stem_mask) if bool((stem_mask == 0).any()) else {}),
             )
-            first_logprobs = F.log_softmax(first.logits[:, -1, :], dim=-1, dtype=self.softmax_dtype)
-            cache = _cache_of(first)
+            stem_logprobs = self._logprobs(first.logits[:, -1, :])
+            stem_cache = _cache_of(first)
             del first
+            if not any(suffixes):
+                # Every context is its cluster's stem: identical contexts only, as in a run
+                # with each question's options in one order.
+                lens = stem_mask.sum(dim=1)
+                return self._score_continuations(
+                    groups, stem_cache, stem_mask, lens, stem_logprobs, limit
+                )
 
-            # Only a question with more options than ``limit`` (alone in its batch, as _pack
-            # makes it) takes several chunks; all but the last keep the context's cache.
-            starts = range(0, len(conts), limit)
-            for start in starts:
-                chunk = range(start, min(start + limit, len(conts)))
-                tail_logprobs = None
-                tail_len = max(len(conts[row]) for row in chunk) - 1
-                if tail_len > 0:
-                    rows = owner_idx[chunk.start : chunk.stop]
-                    last = start == starts[-1]
-                    chunk_cache = _select_rows(cache, rows, keep=not last)
-                    tail_ids = torch.full((len(chunk), tail_len), pad, dtype=torch.long)
-                    tail_mask = torch.zeros_like(tail_ids)
-                    for i, row in enumerate(chunk):
-                        tail_ids[i, : len(conts[row]) - 1] = torch.tensor(conts[row][:-1])
-                        tail_mask[i, : len(conts[row]) - 1] = 1
-                    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
-                    positions = ctx_lens[rows, None] + torch.arange(tail_len, device=device)
-                    tail = self._forward(
-                        input_ids=tail_ids,
-                        attention_mask=torch.cat([ctx_mask[rows], tail_mask], dim=1),
-                        position_ids=positions,
-                        # The context's cache is read; nothing after this pass needs one.
-                        use_cache=False,
-                        **{self._cache_arg(): chunk_cache},
-                    )
-                    del chunk_cache
-                    tail_logprobs = F.log_softmax(tail.logits, dim=-1, dtype=self.softmax_dtype)
-                    del tail
+            answers: list[list[tuple[float, bool]]] = []
+            chunks = list(_chunks(groups, limit))
+            for chunk in chunks:
+                rows = torch.tensor(owners[chunk.start : chunk.stop], device=self.device)
+                cache = _select_rows(stem_cache, rows, keep=chunk is not chunks[-1])
+                mask, lens, first_logprobs, cache = self._run_suffixes(
+                    [suffixes[i] for i in chunk], cache, stem_mask[rows], stem_logprobs[rows]
+                )
+                answers += self._score_continuations(
+                    groups[chunk.start : chunk.stop], cache, mask, lens, first_logprobs, limit
+                )
+            return answers
+
+    def _run_suffixes(self, suffixes, cache, stem_mask, stem_logprobs):
+        """Each context's tokens after its stem, on top of a copy of the stem's cache (row i:
+        context i's stem): the contexts' attention mask, lengths, logprobs of the token after
+        each, and their cache.
+
+        Suffixes are left-padded, so each context's last token sits in the last column and
+        its continuations append without a gap; the padding between stem and suffix is masked
+        out, and position ids count real tokens only, so each token sees what it would in the
+        context run alone. A context that is its stem (an empty suffix: all padding here)
+        keeps the stem pass's logprobs."""
+        suffix_ids, suffix_mask = self._left_padded(suffixes)
+        stem_lens = stem_mask.sum(dim=1, keepdim=True)
+        mask = torch.cat([stem_mask, suffix_mask], dim=1)
+        out = self._forward(
+            input_ids=suffix_ids,
+            attention_mask=mask,
+            position_ids=stem_lens + (suffix_mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=True,
+            last_only=True,
+            **{self._cache_arg(): cache},
+        )
+        empty = suffix_mask[:, -1:] == 0
+        logprobs = torch.where(empty, stem_logprobs, self._logprobs(out.logits[:, -1, :]))
+        return mask, mask.sum(dim=1), logprobs, _cache_of(out)
+
+    def _score_continuations(
+        self, groups: list[Group], cache, ctx_mask, ctx_lens, first_logprobs, limit: int
+    ) -> list[list[tuple[float, bool]]]:
+        """Per context (row i of ``cache``, ``ctx_mask``...: ``groups[i]``), the answer for
+        each of its continuations: continuation_enc[0] is predicted by the context's last
+        logit (``first_logprobs``), the rest by a pass over continuation_enc[:-1] on top of
+        a copy of the context's cache."""
+        device = self.device
+        owners = [row for row, (_, conts) in enumerate(groups) for _ in conts]
+        conts = [cont for _, group_conts in groups for cont in group_conts]
+        owner_idx = torch.tensor(owners, dtype=torch.long, device=device)
+        pad = self.tokenizer.pad_token_id or 0
+
+        answers: list[list[tuple[float, bool]]] = [[] for _ in groups]
+        # Only contexts with more continuations than ``limit`` take several chunks; all but
+        # the last keep the contexts' cache.
+        starts = range(0, len(conts), limit)
+        for start in starts:
+            chunk = range(start, min(start + limit, len(conts)))
+            tail_logprobs = None
+            tail_len = max(len(conts[row]) for row in chunk) - 1
+            if tail_len > 0:
+                rows = owner_idx[chunk.start : chunk.stop]
+                chunk_cache = _select_rows(cache, rows, keep=start != starts[-1])
+                tail_ids = torch.full((len(chunk), tail_len), pad, dtype=torch.long)
+                tail_mask = torch.zeros_like(tail_ids)
                 for i, row in enumerate(chunk):
-                    cont = conts[row]
-                    logprobs = first_logprobs[owners[row], None, :]  # [1, vocab]
-                    if len(cont) > 1:
-                        logprobs = torch.cat([logprobs, tail_logprobs[i, : len(cont) - 1]], dim=0)
-                    answers[owners[row]].append(_answer(logprobs, cont))
+                    tail_ids[i, : len(conts[row]) - 1] = torch.tensor(conts[row][:-1])
+                    tail_mask[i, : len(conts[row]) - 1] = 1
+                tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
+                positions = ctx_lens[rows, None] + torch.arange(tail_len, device=device)
+                tail = self._forward(
+                    input_ids=tail_ids,
+                    attention_mask=torch.cat([ctx_mask[rows], tail_mask], dim=1),
+                    position_ids=positions,
+                    # The context's cache is read; nothing after this pass needs one.
+                    use_cache=False,
+                    **{self._cache_arg(): chunk_cache},
+                )
+                del chunk_cache
+                tail_logprobs = self._logprobs(tail.logits)
+                del tail
+            for i, row in enumerate(chunk):
+                cont = conts[row]
+                logprobs = first_logprobs[owners[row], None, :]  # [1, vocab]
+                if len(cont) > 1:
+                    logprobs = torch.cat([logprobs, tail_logprobs[i, : len(cont) - 1]], dim=0)
+                answers[owners[row]].append(_answer(logprobs, cont))
         return answers
+
+    def _left_padded(self, seqs: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of ``seqs``, each ending in the last column."""
+        width = max(len(seq) for seq in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            if seq:
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _padded_inputs(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
 
     def _autocast(self):
         # The autocast hf's _model_call applies (a no-op unless mixed_precision_dtype is set).
@@ -299,36 +384,123 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         return self.model(**inputs)
 
 
+# Contexts that share fewer tokens than this run whole: a shorter stem saves less than the
+# bookkeeping of one more pass costs. Every question's rendered prompt starts with a few
+# shared tokens (``Human:``), so a small floor keeps distinct questions apart.
+MIN_STEM = 16
+
+
+@dataclass
+class Cluster:
+    """Distinct contexts that share their first ``stem`` tokens, run once for all of them;
+    each context's remaining tokens (its suffix, empty for a context that is the stem) run on
+    top of a copy of the stem's cache."""
+
+    stem: int
+    groups: list[Group]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(conts) for _, conts in self.groups)
+
+    @property
+    def longest(self) -> int:
+        return max(len(context) for context, _ in self.groups)
+
+
+def _cluster(groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]]) -> list[Cluster]:
+    """The distinct contexts in clusters of shared stems: the second level of a token trie.
+
+    In sorted order, contexts sharing a prefix are neighbours (the rotations of one
+    question's options share everything up to the option block), and a run's common prefix
+    is the shortest common prefix of neighbours in it. A context joins the run before it
+    when the stem it leaves saves more tokens than the run saved without it (n contexts on
+    a stem s run (n-1)s fewer tokens), unless it shares at least twice as many tokens with
+    the context after it: that is the start of the next question's run. So a preamble that
+    every question shares (``Human:``, a system prompt, a chat template's header) does not
+    pull questions together on a stem that would lose their own longer one.
+    A context alone is its own stem, as identical contexts were before: one pass, no
+    suffix.
+    """
+    ordered = sorted(groups.items())
+    clusters: list[Cluster] = []
+    for i, (context, conts) in enumerate(ordered):
+        if clusters:
+            last = clusters[-1]
+            shared = _common_prefix(last.groups[-1][0], context)
+            after = _common_prefix(context, ordered[i + 1][0]) if i + 1 < len(ordered) else 0
+            n = len(last.groups)
+            stem = shared if n == 1 else min(last.stem, shared)
+            saved_before = 0 if n == 1 else (n - 1) * last.stem
+            if stem >= MIN_STEM and n * stem > saved_before and after < 2 * shared:
+                last.stem = stem
+                last.groups.append((context, conts))
+                continue
+        clusters.append(Cluster(stem=len(context), groups=[(context, conts)]))
+    for cluster in clusters:
+        # Longest suffix first: little padding when a cluster's suffixes take several passes.
+        cluster.groups.sort(key=lambda group: -len(group[0]))
+    return clusters
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 # Padding a batch may add, as a share of its context tokens. Padding costs as much as real
 # tokens: measured on CPU over 96 real questions of all lengths, unlimited padding made batch
 # 32 take 1.7x as long as batch 8 (40% of its context tokens were padding).
 MAX_PADDING = 0.1
 
 
-def _pack(ordered: list[Group], row_limit: RowLimit) -> Iterator[tuple[list[Group], int]]:
-    """Batches of whole context groups, longest context first, each with its row limit: at
-    most that many rows (but at least one group) and at most ``MAX_PADDING`` padding: a batch
-    is cut where the contexts get much shorter, so big batches form only where many contexts
-    have similar lengths. The limit is asked for as each batch starts, after the one before
-    has been scored (when auto:N detects again)."""
-    batch: list[Group] = []
-    rows = tokens = done = limit = 0
-    for item in ordered:
-        context, conts = item
+def _padding(batch: list[Cluster]) -> tuple[int, int]:
+    """(padding, real tokens) of the stem pass and, where any context has a suffix, the
+    suffix pass that ``_score_batch`` runs for ``batch`` in one go."""
+    stems = [cluster.stem for cluster in batch]
+    suffixes = [len(ctx) - cluster.stem for cluster in batch for ctx, _ in cluster.groups]
+    padding = len(stems) * max(stems) - sum(stems)
+    if any(suffixes):
+        padding += len(suffixes) * max(suffixes) - sum(suffixes)
+    return padding, sum(stems) + sum(suffixes)
+
+
+def _pack(ordered: list[Cluster], row_limit: RowLimit) -> Iterator[tuple[list[Cluster], int]]:
+    """Batches of whole clusters, in ``ordered``'s order, each with its row limit: at most that
+    many contexts (but at least one cluster), whose continuations then take as many passes
+    of that many rows as they need, and at most ``MAX_PADDING`` padding: a batch is cut where
+    the stems or suffixes get much shorter, so big batches form only where many have similar
+    lengths. The limit is asked for as each batch starts, after the one before has been
+    scored (when auto:N detects again), for the longest request from there on."""
+    # Requests from each cluster on, longest: what the batch-size probe must fit.
+    longest = [max(len(c) + len(k) - 1 for c, conts in cl.groups for k in conts) for cl in ordered]
+    for i in range(len(longest) - 2, -1, -1):
+        longest[i] = max(longest[i], longest[i + 1])
+    batch: list[Cluster] = []
+    contexts = done = rows = limit = 0
+    for i, cluster in enumerate(ordered):
         if batch:
-            width = len(batch[0][0])  # the longest, as ``ordered`` is sorted by length
-            padding = (len(batch) + 1) * width - (tokens + len(context))
-            if rows + len(conts) > limit or padding > MAX_PADDING * (tokens + len(context)):
+            padding, tokens = _padding([*batch, cluster])
+            if contexts + len(cluster.groups) > limit or padding > MAX_PADDING * tokens:
                 yield batch, limit
-                batch, done, rows, tokens = [], done + rows, 0, 0
+                batch, done, contexts, rows = [], done + rows, 0, 0
         if not batch:
-            longest = len(context) + max(len(cont) for cont in conts) - 1
-            limit = max(1, row_limit(done, longest))
-        batch.append(item)
-        rows += len(conts)
-        tokens += len(context)
+            limit = max(1, row_limit(done, longest[i]))
+        batch.append(cluster)
+        contexts += len(cluster.groups)
+        rows += cluster.rows
     if batch:
         yield batch, limit
+
+
+def _chunks(groups: list[Group], limit: int) -> Iterator[range]:
+    """Consecutive runs of at most ``limit`` contexts: the suffix passes of a batch (several
+    only for a cluster of more contexts than a pass holds)."""
+    for start in range(0, len(groups), limit):
+        yield range(start, min(start + limit, len(groups)))
 
 
 def _answer(logprobs: torch.Tensor, cont: tuple[int, ...]) -> tuple[float, bool]:

@@ -24,8 +24,11 @@ from lm_eval.models.huggingface import HFLM
 from sqlitedict import SqliteDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from benchmarks.bench_prefix_sharing import rotated_texts
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
-from propensity_evals.task_docs import build_docs
+from propensity_evals.questions import parse_row, render_prompt
+from propensity_evals.task_docs import build_docs, read_rows
+from tests.tiny_models import save_tiny_model
 
 # power-seeking-inclination has questions with 3 options, more than a batch of 2 holds.
 FILES = ("power-seeking-inclination", "corrigible-less-HHH", "self-awareness-web-gpt")
@@ -102,9 +105,10 @@ class Call:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None
-    got_cache: bool  # a KV cache was passed in: a continuation pass
+    got_cache: bool  # a KV cache was passed in: a suffix or continuation pass
     use_cache: object  # the use_cache argument as given
     new_cache: bool  # the output holds a cache other than the one passed in
+    last_only: bool  # logits asked for the last position only: a context's (or stem's) end
 
     @property
     def rows(self) -> int:
@@ -117,7 +121,13 @@ class Call:
 
     @property
     def is_context(self) -> bool:
+        # A context's first tokens, with no cache: a whole context, or the stem it shares.
         return not self.got_cache and not self.is_probe
+
+    @property
+    def is_suffix(self) -> bool:
+        # The rest of contexts on top of their stem's cache, for the last context logit.
+        return self.got_cache and self.last_only
 
     def sequences(self) -> list[tuple[int, ...]]:
         """Each row's real tokens (those the attention mask covers, for a continuation pass
@@ -174,6 +184,7 @@ class ForwardLog:
                 got_cache=passed is not None,
                 use_cache=kwargs.get("use_cache"),
                 new_cache=returned is not None and returned is not passed,
+                last_only=kwargs.get("logits_to_keep") == 1,
             )
         )
 
@@ -182,7 +193,7 @@ class ForwardLog:
 
     @property
     def continuation_passes(self) -> list[Call]:
-        return [call for call in self.calls if call.got_cache]
+        return [call for call in self.calls if call.got_cache and not call.is_suffix]
 
 
 def encoded(lm: HFLM, docs: list[dict]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -233,8 +244,8 @@ def test_registered_under_its_name_without_hiding_lm_evals_own(smollm2):
 
 @pytest.mark.parametrize("batch_size", [2, 8, 64])
 def test_same_scores_as_hf(runs, questions, baseline, batch_size):
-    # 2: one question per pass, 3-option questions in two; 8: a few questions of different
-    # lengths, left-padded together; 64: many questions in one pass.
+    # 2: two questions per context pass, their continuations in passes of 2 rows; 8: a few
+    # questions of different lengths, left-padded together; 64: many questions in one pass.
     ours, _ = runs(batch_size)
     assert_same_as_hf(ours, baseline, questions)
 
@@ -246,10 +257,9 @@ def test_each_context_runs_once_and_continuations_read_its_cache(runs, hf, quest
     assert_shared(log, pairs, batch_size)
     assert not log.of_kind("probe")  # a fixed batch size needs no detection
     if batch_size == 2:
-        # The 3-option questions' continuations took two passes, on one context pass.
-        three = sum(len(doc["choices"]) == 3 for doc in questions)
-        assert three > 0
-        assert len(log.continuation_passes) == len(log.of_kind("context")) + three
+        # Each context pass's continuations (2 contexts, 4 to 6 rows) took two or three
+        # passes of 2 rows from its cache.
+        assert len(log.continuation_passes) >= 2 * len(log.of_kind("context"))
 
 
 @pytest.mark.parametrize("batch_size", [8, 64])
@@ -378,15 +388,15 @@ def test_auto_detection_waits_for_no_other_rank(weights, questions, baseline):
 def test_answers_reach_lm_evals_request_cache_batch_by_batch(
     weights, hf, questions, baseline, tmp_path
 ):
-    # A run that stops in its 4th batch keeps the answers of the first 3 in the sqlite
-    # cache, and a rerun scores only the rest.
+    # A run that stops in its 4th batch (one question each) keeps the answers of the first 3
+    # in the sqlite cache, and a rerun scores only the rest.
     docs = questions[2 * PER_FILE : 2 * PER_FILE + 5]
     requests = instances(docs)
     expected = dict(
         zip((r.args for r in requests), baseline_of(questions, baseline, docs), strict=True)
     )
     path = str(tmp_path / "cache.db")
-    lm = make(PrefixSharingLM, weights, batch_size=2)
+    lm = make(PrefixSharingLM, weights, batch_size=1)
 
     cached = CachingLM(lm, path)
     with ForwardLog(weights[0], fail_on_context_pass=4) as log, pytest.raises(RuntimeError):
@@ -466,3 +476,175 @@ def test_loglikelihood_rolling_still_works(weights):
         text, disable_tqdm=True
     )
     assert ours == pytest.approx(ref, abs=TOL)
+
+
+# -- different contexts that share a stem: every cyclic order of a question's options ----------
+
+ROTATED_TOL = 1e-4
+
+
+@dataclass
+class Rotated:
+    """A question's prompts, one per order of its options, and its number of options."""
+
+    prompts: list[str]
+    options: int
+
+
+@pytest.fixture(scope="module")
+def rotated(mirror) -> list[Rotated]:
+    """Short real questions in every cyclic order of their options (as written first): two
+    with 3 options, one with 4, two with 2; and one with 2 in its written order only, a
+    context that shares no stem with another."""
+    path = mirror / "advanced-ai-risk" / "human_generated_evals" / f"{FILES[0]}.jsonl"
+    parsed = [parse_row(row) for _, row in read_rows(path)][:40]
+    by_options: dict[int, list] = {}
+    for question in sorted(parsed, key=lambda q: len(q.text)):
+        by_options.setdefault(len(question.letters), []).append(question)
+    picks = by_options[3][:2] + by_options[4][:1] + by_options[2][:2]
+    questions = [
+        Rotated([render_prompt(text) for text in rotated_texts(q.text)], len(q.letters))
+        for q in picks
+    ]
+    return [*questions, Rotated([render_prompt(by_options[2][2].text)], 2)]
+
+
+def rotated_instances(rotated: list[Rotated]) -> list[Instance]:
+    """Each order of each question with every option letter as a continuation."""
+    return [
+        Instance("loglikelihood", {}, (prompt, f" ({chr(ord('A') + i)})"), i)
+        for question in rotated
+        for prompt in question.prompts
+        for i in range(question.options)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory, smollm2):
+    # GPT-NeoX: rotary embeddings on part of each head, the architecture most unlike SmolLM2.
+    folder = save_tiny_model("gpt_neox", tmp_path_factory.mktemp("tiny") / "neox", smollm2)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def rotated_for(model: str, rotated: list[Rotated]) -> list[Rotated]:
+    # SmolLM2 on a CPU takes about a second per forward pass, however few its rows: a 3-option
+    # and a 2-option question in all their orders (two batches of three passes).
+    return [rotated[0], rotated[3]] if model == "smollm2" else rotated
+
+
+@pytest.fixture(scope="module")
+def rotated_runs(weights, tiny_weights, rotated):
+    """(model, batch size) -> (answers, forward log) over every order of the model's
+    ``rotated_for`` questions; batch size "hf": lm-eval's own model (and no log)."""
+    models = {"smollm2": weights, "tiny": tiny_weights}
+    done: dict[tuple[str, int | str], tuple[list, ForwardLog | None]] = {}
+
+    def run(model: str, batch_size: int | str):
+        if (model, batch_size) not in done:
+            requests = rotated_instances(rotated_for(model, rotated))
+            if batch_size == "hf":
+                lm = make(HFLM, models[model], batch_size=16)
+                done[model, batch_size] = lm.loglikelihood(requests, disable_tqdm=True), None
+            else:
+                lm = make(PrefixSharingLM, models[model], batch_size=batch_size)
+                with ForwardLog(models[model][0]) as log:
+                    answers = lm.loglikelihood(requests, disable_tqdm=True)
+                done[model, batch_size] = answers, log
+        return done[model, batch_size]
+
+    return run
+
+
+def assert_same_as_hf_per_context(ours, ref, rotated: list[Rotated]) -> None:
+    """Each answer within ROTATED_TOL of hf's, the same is_greedy, and per context (each
+    order of each question) the same most likely option."""
+    assert len(ours) == len(ref) == len(rotated_instances(rotated))
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
+        assert abs(ll - ref_ll) <= ROTATED_TOL, (ll, ref_ll)
+        assert greedy == ref_greedy
+    start = 0
+    for question in rotated:
+        for _ in question.prompts:
+            mine = [ll for ll, _ in ours[start : start + question.options]]
+            theirs = [ll for ll, _ in ref[start : start + question.options]]
+            assert mine.index(max(mine)) == theirs.index(max(theirs))
+            start += question.options
+
+
+@pytest.mark.parametrize(
+    ("model", "batch_size"),
+    # 16: each question's orders in one batch; 2: a question's orders split over several
+    # suffix passes on one stem pass, continuations in passes of 2 rows; 64: the 2-option
+    # questions' stems (of different lengths) left-padded together.
+    [("smollm2", 16), ("tiny", 2), ("tiny", 64)],
+)
+def test_rotated_contexts_score_as_hf(rotated_runs, rotated, model, batch_size):
+    ours, _ = rotated_runs(model, batch_size)
+    ref, _ = rotated_runs(model, "hf")
+    assert_same_as_hf_per_context(ours, ref, rotated_for(model, rotated))
+
+
+def test_a_context_that_is_another_ones_stem_scores_as_hf(tiny_weights):
+    # The shorter context is the whole stem: its suffix is empty, its first continuation
+    # token is scored from the stem pass, and its continuations follow a padded suffix.
+    stem = "Human: We would like to give you more power over the company and its board. Do you"
+    contexts = [stem, stem + " Choices: (A) Yes (B) No\n\nAssistant:"]
+    requests = [
+        Instance("loglikelihood", {}, (ctx, f" ({letter})"), i)
+        for ctx in contexts
+        for i, letter in enumerate("AB")
+    ]
+    lm = make(PrefixSharingLM, tiny_weights, batch_size=4)
+    short, long = (tuple(lm._encode_pair(ctx, " (A)")[0]) for ctx in contexts)
+    assert long[: len(short)] == short and len(short) >= 16
+    with ForwardLog(tiny_weights[0]) as log:
+        ours = lm.loglikelihood(requests, disable_tqdm=True)
+    assert [seq for call in log.of_kind("context") for seq in call.sequences()] == [short]
+    ref = make(HFLM, tiny_weights, batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
+        assert abs(ll - ref_ll) <= ROTATED_TOL and greedy == ref_greedy
+
+
+def common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
+    first = seqs[0]
+    n = min(len(seq) for seq in seqs)
+    for seq in seqs[1:]:
+        n = next((i for i in range(n) if seq[i] != first[i]), n)
+    return first[:n]
+
+
+def test_each_stem_runs_once_and_each_suffix_on_its_copy(rotated_runs, hf, rotated):
+    # Batch size 2: a question's 3 or 4 orders take two suffix passes on a single stem pass.
+    # The tiny model has SmolLM2's tokenizer (hf's).
+    _, log = rotated_runs("tiny", 2)
+    stems, suffixes, distinct = [], [], []
+    for question in rotated:
+        contexts = [tuple(hf._encode_pair(prompt, " (A)")[0]) for prompt in question.prompts]
+        stem = common_prefix(contexts) if len(contexts) > 1 else contexts[0]
+        stems.append(stem)
+        suffixes += [ctx[len(stem) :] for ctx in contexts if len(ctx) > len(stem)]
+        distinct += contexts
+
+    ran = sorted(seq for call in log.of_kind("context") for seq in call.sequences())
+    assert ran == sorted(stems)
+    ran_suffixes = [seq for call in log.of_kind("suffix") for seq in call.sequences()]
+    assert sorted(seq for seq in ran_suffixes if seq) == sorted(suffixes)
+
+    # Context tokens the model ran: every stem once, then every suffix once, far fewer than
+    # each distinct context run whole (what sharing identical contexts alone would run).
+    fed = sum(len(seq) for seq in ran + ran_suffixes)
+    assert fed == sum(map(len, stems)) + sum(map(len, suffixes))
+    assert fed < 0.75 * sum(map(len, distinct))
+
+    pairs = {(prompt, i) for q in rotated for prompt in q.prompts for i in range(q.options)}
+    conts = sorted(seq for call in log.continuation_passes for seq in call.sequences())
+    assert len(conts) == len(pairs)
+    assert len(log.of_kind("suffix")) > len(log.of_kind("context"))
+    for call in log.calls:
+        assert call.rows <= 2
+    for call in log.of_kind("suffix"):
+        # The stem's columns, then the suffix's: each row's last token in the last column
+        # (all padding for a context that is its stem, none here).
+        assert bool(call.attention_mask[:, -1].all())
+        assert call.use_cache is True
