@@ -37,8 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from propensity_evals.option_orders import rotations
 from propensity_evals.prompts import render_context
-from propensity_evals.questions import _OPTION_LINE, QuestionError, parse_row, render_prompt
+from propensity_evals.questions import QuestionError, parse_row, render_prompt
 from propensity_evals.task_docs import read_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,30 +132,6 @@ SUITES = {
 }
 
 
-def rotated_texts(text: str) -> list[str] | None:
-    """``text`` with its options in each cyclic order, the order as written first: rotation
-    ``r`` puts option ``(i + r) % k``'s text in slot ``i`` of the last ``Choices:`` block.
-    None where that would not be the same question: no ``Choices:`` header (the options are
-    not one block) or a block whose lines are not (A), (B), ... once each, in order."""
-    header = text.rfind("Choices:")
-    if header < 0:
-        return None
-    start = header + len("Choices:")
-    lines = list(_OPTION_LINE.finditer(text, start))
-    letters = [line.group(1) for line in lines]
-    if len(lines) < 2 or letters != [chr(ord("A") + i) for i in range(len(lines))]:
-        return None
-    options = [line.group(2) for line in lines]
-    texts = []
-    for shift in range(len(options)):
-        out, end = [], 0
-        for slot, line in enumerate(lines):
-            out += [text[end : line.start(2)], options[(slot + shift) % len(options)]]
-            end = line.end(2)
-        texts.append("".join(out) + text[end:])
-    return texts
-
-
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -179,9 +156,10 @@ def count_rotation_tokens(tokenizer, folder: Path, system_prompt: str = "", chat
                 text = parse_row(row).text
             except QuestionError:
                 continue
-            texts = rotated_texts(text)
-            if texts is None:
-                # Ignored in every count: no faithful rotation exists to compare with.
+            texts = [text, *rotations(text)]
+            if len(texts) == 1:
+                # Scored in its written order only (propensity_evals/option_orders.py): ignored
+                # in every count, as it has no rotation to share a stem with.
                 counts["unrotatable"] += 1
                 continue
             prompts = [render_prompt(t, "chat" if chat else "plain") for t in texts]
@@ -222,7 +200,7 @@ def render_rotation_counts(args, model_dir: str) -> str:
         [
             f"{folder.name} ({mode}{system}), `{args.model_label}` tokenizer: "
             f"{counts['questions']:,} questions rotated, {counts['unrotatable']:,} left out "
-            "(no faithful rotation).",
+            "(scored in their written order only).",
             "",
             "| contexts | tokens | vs original |",
             "|---|---:|---:|",

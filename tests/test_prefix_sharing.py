@@ -24,7 +24,7 @@ from lm_eval.models.huggingface import HFLM
 from sqlitedict import SqliteDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.bench_prefix_sharing import rotated_texts
+from propensity_evals.option_orders import rotations
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
 from propensity_evals.questions import parse_row, render_prompt
 from propensity_evals.task_docs import build_docs, read_rows
@@ -503,7 +503,7 @@ def rotated(mirror) -> list[Rotated]:
         by_options.setdefault(len(question.letters), []).append(question)
     picks = by_options[3][:2] + by_options[4][:1] + by_options[2][:2]
     questions = [
-        Rotated([render_prompt(text) for text in rotated_texts(q.text)], len(q.letters))
+        Rotated([render_prompt(text) for text in [q.text, *rotations(q.text)]], len(q.letters))
         for q in picks
     ]
     return [*questions, Rotated([render_prompt(by_options[2][2].text)], 2)]
