@@ -28,7 +28,7 @@ from propensity_evals.prefix_sharing_lm import PrefixSharingLM
 from tests.conftest import REPO_ROOT, isolated_env, make, samples
 
 TASK = "anthropic_propensity_human_written_coordinate_itself"
-LIMIT = 12  # 24 requests; BATCH_SIZE=2 makes each forward pass one question
+LIMIT = 12  # 24 requests; BATCH_SIZE=2 makes each batch two questions
 
 
 def cached_count(log: str) -> tuple[int, int]:
@@ -131,8 +131,9 @@ def test_new_weights_in_the_same_folder_and_a_killed_run(
     new = soft_scores(run_dir)
     assert max(abs(new[i] - old[i]) for i in old) > 1e-3  # the new model's numbers
 
-    # An uninterrupted scoring of the same requests by the new weights: same decisions,
-    # soft scores within 1e-6 (one question per forward pass, as in the run).
+    # An uninterrupted scoring of the same requests by the new weights: same decisions, soft
+    # scores within 1e-5 (one question per call here, two per forward pass in the run: the
+    # padding changes floating-point rounding only; the new weights moved them by > 1e-3).
     lm = PrefixSharingLM(pretrained=str(checkpoint), device="cpu", batch_size=2, dtype="float32")
     from lm_eval.api.instance import Instance
 
@@ -146,7 +147,7 @@ def test_new_weights_in_the_same_folder_and_a_killed_run(
         assert lls.index(max(lls)) == logged.index(max(logged))
         weights = [math.exp(ll) for ll in lls]
         soft = weights[sample["doc"]["target"]] / sum(weights)
-        assert soft == pytest.approx(sample["soft_match"], abs=1e-6)
+        assert soft == pytest.approx(sample["soft_match"], abs=1e-5)
 
     # The report flags the model change under the same name and uses the newest results only.
     report = make("report", f"OUTPUT_DIR={base / 'output'}", env=env)
