@@ -24,10 +24,8 @@ import argparse
 import datetime
 import json
 import math
-import os
-import subprocess
+import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,12 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix_sharing import (  # noqa: E402
     DEFAULT_OUTPUT,
     GROUP,
-    REPO_ROOT,
     TASKS_DIR,
-    busy_cpu_seconds,
     machine,
+    spawn,
+    time_scoring,
     update_markdown,
-    wait_until_quiet,
 )
 
 
@@ -56,17 +53,7 @@ def run_one(spec: dict) -> dict:
         pretrained=spec["model_dir"], batch_size=spec["batch_size"], device=spec["device"],
         dtype=spec["dtype"],
     )  # fmt: skip
-    scoring = {"s": 0.0}
-    loglikelihood = lm.loglikelihood
-
-    def timed_loglikelihood(requests, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return loglikelihood(requests, *args, **kwargs)
-        finally:
-            scoring["s"] += time.perf_counter() - t0
-
-    lm.loglikelihood = timed_loglikelihood
+    scoring = time_scoring(lm)
     manager = TaskManager(
         include_path=str(TASKS_DIR), include_defaults=False, metadata={"orders": spec["orders"]}
     )
@@ -100,6 +87,7 @@ def run_one(spec: dict) -> dict:
         "per_task": per_task,
         "wall_s": wall_s,
         "scoring_s": scoring["s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "requests": requests,
         "context_tokens": context_tokens,
         "continuation_tokens": continuation_tokens,
@@ -107,26 +95,6 @@ def run_one(spec: dict) -> dict:
         "acc_debiased": group.get("acc_debiased,none"),
         "questions": questions,
     }
-
-
-def spawn(spec: dict, max_wait_s: float) -> dict:
-    print(f"-- {spec['model_class']} {spec['orders']} ...", flush=True)
-    wait_until_quiet(max_wait_s)
-    busy_before, started = busy_cpu_seconds(), time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", json.dumps(spec), str(result_path)]
-        before = os.times()
-        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
-        after = os.times()
-        result = json.loads(result_path.read_text())
-    elapsed = time.perf_counter() - started
-    own = (after.children_user + after.children_system) - (
-        before.children_user + before.children_system
-    )
-    result["others_cores"] = max(0.0, busy_cpu_seconds() - busy_before - own) / elapsed
-    print(f"   wall {result['wall_s']:.1f} s, other load {result['others_cores']:.2f}", flush=True)
-    return result
 
 
 def softmax(lls: list[float]) -> list[float]:
@@ -232,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     common = {"model_dir": model_dir, "device": "cpu", "dtype": "float32"}
     limit = None if args.full else args.limit
     shared = {**common, "model_class": "hf-prefix", "batch_size": args.batch_size, "limit": limit}
-    original = spawn({**shared, "orders": "original"}, args.max_wait)
-    cyclic = spawn({**shared, "orders": "cyclic"}, args.max_wait)
+    original = spawn({**shared, "orders": "original"}, args.max_wait, __file__)
+    cyclic = spawn({**shared, "orders": "cyclic"}, args.max_wait, __file__)
     stock_spec = {**common, "model_class": "hf", "batch_size": 8, "limit": args.stock_limit}
-    stock = spawn({**stock_spec, "orders": "cyclic"}, args.max_wait)
+    stock = spawn({**stock_spec, "orders": "cyclic"}, args.max_wait, __file__)
     body = render(args, original, cyclic, stock)
     update_markdown(args.output, "cyclic-full" if args.full else "cyclic-sample", body)
     print(body)

@@ -51,6 +51,23 @@ DEFAULT_OUTPUT = REPO_ROOT / "BENCHMARKS.md"
 # -- one formulation, in a child process ---------------------------------------------------
 
 
+def time_scoring(lm) -> dict:
+    """Wraps ``lm.loglikelihood`` to add its time to the returned ``{"s": seconds}``: time
+    spent scoring, apart from task building and metrics."""
+    scoring = {"s": 0.0}
+    loglikelihood = lm.loglikelihood
+
+    def timed_loglikelihood(requests, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return loglikelihood(requests, *args, **kwargs)
+        finally:
+            scoring["s"] += time.perf_counter() - t0
+
+    lm.loglikelihood = timed_loglikelihood
+    return scoring
+
+
 def run_one(spec: dict) -> dict:
     """Evaluate the group with one model class; per-question results, times and memory."""
     import lm_eval
@@ -69,18 +86,7 @@ def run_one(spec: dict) -> dict:
     )
     load_s = time.perf_counter() - started
 
-    # Time spent inside the model's loglikelihood, apart from task building and metrics.
-    scoring = {"s": 0.0}
-    loglikelihood = lm.loglikelihood
-
-    def timed_loglikelihood(requests, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return loglikelihood(requests, *args, **kwargs)
-        finally:
-            scoring["s"] += time.perf_counter() - t0
-
-    lm.loglikelihood = timed_loglikelihood
+    scoring = time_scoring(lm)
 
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(
@@ -244,8 +250,11 @@ def wait_until_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> None:
         waited += 13
 
 
-def spawn(spec: dict, max_wait_s: float) -> dict:
-    print(f"-- {spec['model_class']} batch {spec['batch_size']} ...", flush=True)
+def spawn(spec: dict, max_wait_s: float, script: str = __file__) -> dict:
+    """``script --child spec`` (this benchmark's or another's run_one) in its own process,
+    once the machine is quiet; its result with the load other processes put on the CPUs."""
+    orders = f" {spec['orders']}" if "orders" in spec else ""
+    print(f"-- {spec['model_class']} batch {spec['batch_size']}{orders} ...", flush=True)
     wait_until_quiet(max_wait_s)
     has_stat = Path("/proc/stat").is_file()
     busy_before = busy_cpu_seconds() if has_stat else 0.0
@@ -253,7 +262,7 @@ def spawn(spec: dict, max_wait_s: float) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", json.dumps(spec), str(result_path)]
+        cmd = [sys.executable, script, "--child", json.dumps(spec), str(result_path)]
         subprocess.run(cmd, check=True, cwd=REPO_ROOT)
         result = json.loads(result_path.read_text())
     elapsed = time.perf_counter() - started

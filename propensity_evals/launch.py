@@ -342,8 +342,12 @@ def settle_mode(args: argparse.Namespace, model: str) -> None:
     """MODE's decisions (generate_mode.settle), written back into ``args`` so that the plan,
     the checks, the spec and the command all see the same tasks and prompt format."""
     try:
-        # A masked LM cannot write: say so before generate mode reads its context length.
-        choose_backend(args.backend, model, args.revision, args.mode.strip() or "loglik")
+        # The model class, chosen once (it reads the model's config): a masked LM gets hf-mlm,
+        # generate mode stock hf; a masked LM asked to write is refused here, before generate
+        # mode reads its context length. (eval_api's backend is never replaced.)
+        args.chosen_backend = choose_backend(
+            args.backend, model, args.revision, args.mode.strip() or "loglik"
+        )
     except BackendChoiceError as error:
         raise LaunchError(str(error)) from None
     try:
@@ -379,12 +383,6 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
     directions = check_directions(args.directions)
     settings = args.settings
     api = args.backend == API_BACKEND
-    try:
-        # A masked LM gets hf-mlm in place of the default hf-prefix (README: Encoder models);
-        # generate mode writes with lm-eval's stock hf class (thinking left open).
-        backend = choose_backend(args.backend, model, args.revision, settings.mode)
-    except BackendChoiceError as error:
-        raise LaunchError(str(error)) from None
     return RunSpec(
         model=model,
         revision=args.revision,
@@ -393,7 +391,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         system_prompt=args.system_prompt,
         tasks=args.tasks,
         label=label,
-        backend=backend,
+        backend=args.chosen_backend,  # settle_mode's choice (README: Encoder models)
         model_args=args.model_args,
         device=args.device,
         extra_args=list(args.extra),
