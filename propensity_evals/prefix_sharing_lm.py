@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lm_eval.models  # noqa: F401  (registers lm-eval's own model names before ours)
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import find_executable_batch_size
@@ -78,6 +79,7 @@ from lm_eval.models.utils_hf import clear_torch_cache
 from tqdm import tqdm
 
 from propensity_evals.chat_rendering import ClosedThinkingChatMixin
+from propensity_evals.token_trees import TokenTree, build_tree
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,17 @@ RowLimit = Callable[[int, int], int]
 @register_model("hf-prefix")
 class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
     """``HFLM`` that runs each shared context prefix once per loglikelihood call (and renders
-    chat prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`)."""
+    chat prompts with any thinking block closed: :mod:`propensity_evals.chat_rendering`).
+
+    ``sharing``: ``tree`` (default) runs each cluster as one row under a tree attention mask
+    where the model's attention takes one (``sdpa``, ``eager``), else ``cache``;
+    ``cache`` always runs stems, suffixes and continuations as passes on KV caches."""
+
+    def __init__(self, *args, sharing: str = "tree", **kwargs):
+        if sharing not in ("tree", "cache"):
+            raise ValueError(f"hf-prefix: sharing={sharing!r}: use sharing=tree or sharing=cache")
+        self.sharing = sharing
+        super().__init__(*args, **kwargs)
 
     def _loglikelihood_tokens(
         self,
@@ -136,9 +148,14 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         # padding within a batch, and an out-of-memory error shows up early.
         clusters = sorted(_cluster(groups), key=lambda c: (-c.stem, -c.longest, c.groups[0][0]))
         rows = sum(len(conts) for conts in groups.values())
-        for batch, limit in _pack(clusters, self._row_limit(rows, override_bs)):
+        row_limit = self._row_limit(rows, override_bs)
+        if self._can_use_tree_masks(clusters):
+            batches, score = _pack_trees(clusters, row_limit), self._score_trees
+        else:
+            batches, score = _pack(clusters, row_limit), self._score_batch
+        for batch, limit in batches:
             contexts = [group for cluster in batch for group in cluster.groups]
-            for (_, conts), answers in zip(contexts, self._score_batch(batch, limit), strict=True):
+            for (_, conts), answers in zip(contexts, score(batch, limit), strict=True):
                 for indices, answer in zip(conts.values(), answers, strict=True):
                     for i in indices:
                         results[i] = answer
@@ -163,6 +180,22 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             self._forward_params = inspect.signature(model.forward).parameters
         params = self._forward_params
         return "position_ids" in params and bool({"cache", "past_key_values"} & params.keys())
+
+    def _can_use_tree_masks(self, clusters: list[Cluster]) -> bool:
+        """Whether a custom 4D attention mask reaches attention unchanged (``sdpa`` and
+        ``eager`` take it as given; flash-attention takes none), the forward can limit its
+        logits, and no sliding window shorter than a request would be bypassed by it."""
+        if self.sharing != "tree" or "logits_to_keep" not in self._forward_params:
+            return False
+        config = self.model.config
+        config = getattr(config, "get_text_config", lambda: config)()
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return False
+        window = getattr(config, "sliding_window", None)
+        longest = max(
+            len(ctx) + len(cont) - 1 for c in clusters for ctx, conts in c.groups for cont in conts
+        )
+        return not window or longest <= window
 
     def _fits_without_truncation(self, request: Request) -> bool:
         # hf feeds (context + continuation)[:-1] and truncates it from the left past
@@ -269,6 +302,62 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
                     groups[chunk.start : chunk.stop], cache, mask, lens, first_logprobs, limit
                 )
             return answers
+
+    def _score_trees(self, batch: list[Cluster], limit: int) -> list[list[tuple[float, bool]]]:
+        """Per context in ``batch``, the answer for each of its continuations, from one
+        forward pass: one row per cluster, the trie of its requests under a tree mask."""
+        trees = [cluster.tree or _tree_of(cluster) for cluster in batch]
+        width = max(tree.width for tree in trees)
+        kept = max(tree.kept for tree in trees)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(trees), width), pad, dtype=torch.long)
+        positions = torch.zeros((len(trees), width), dtype=torch.long)
+        allowed = np.zeros((len(trees), width, width), dtype=bool)
+        allowed[:, range(width), range(width)] = True  # padding attends to itself only
+        for row, tree in enumerate(trees):
+            start = width - tree.width  # left-padded: every row's kept nodes end it
+            ids[row, start:] = torch.tensor(tree.tokens)
+            positions[row, start:] = torch.tensor(tree.depths)
+            allowed[row, start:, start:] = tree.ancestors()
+        dtype = self.mixed_precision_dtype or self.model.dtype
+        mask = torch.zeros((len(trees), 1, width, width), dtype=dtype)
+        mask.masked_fill_(~torch.from_numpy(allowed)[:, None], torch.finfo(dtype).min)
+
+        with torch.no_grad(), self._autocast():
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=False,
+                logits_to_keep=kept,
+            ).logits
+            # Row ``row``'s tree column c sits at logits column kept - tree.width + c.
+            rows, cols, targets, spans = [], [], [], []
+            for row, (tree, cluster) in enumerate(zip(trees, batch, strict=True)):
+                conts = [cont for _, group_conts in cluster.groups for cont in group_conts]
+                for predictors, cont in zip(tree.predictors, conts, strict=True):
+                    spans.append((len(targets), len(targets) + len(cont)))
+                    rows += [row] * len(cont)
+                    cols += [kept - tree.width + col for col in predictors]
+                    targets += cont
+            logprobs = self._logprobs(logits[torch.tensor(rows), torch.tensor(cols)])
+            del logits
+            target = torch.tensor(targets, device=logprobs.device)
+            token_logprobs = logprobs.gather(1, target[:, None]).squeeze(-1)
+            greedy = logprobs.argmax(dim=-1) == target
+
+        answers: list[list[tuple[float, bool]]] = []
+        spans_left = iter(spans)
+        for cluster in batch:
+            for _, conts in cluster.groups:
+                context_answers = []
+                for _ in conts:
+                    a, b = next(spans_left)
+                    context_answers.append(
+                        (float(token_logprobs[a:b].sum()), bool(greedy[a:b].all()))
+                    )
+                answers.append(context_answers)
+        return answers
 
     def _run_suffixes(self, suffixes, cache, stem_mask, stem_logprobs):
         """Each context's tokens after its stem, on top of a copy of the stem's cache (row i:
@@ -398,6 +487,7 @@ class Cluster:
 
     stem: int
     groups: list[Group]
+    tree: TokenTree | None = None  # its requests' trie, where it runs as one row
 
     @property
     def rows(self) -> int:
@@ -491,6 +581,38 @@ def _pack(ordered: list[Cluster], row_limit: RowLimit) -> Iterator[tuple[list[Cl
             limit = max(1, row_limit(done, longest[i]))
         batch.append(cluster)
         contexts += len(cluster.groups)
+        rows += cluster.rows
+    if batch:
+        yield batch, limit
+
+
+def _tree_of(cluster: Cluster) -> TokenTree:
+    return build_tree([(ctx, cont) for ctx, conts in cluster.groups for cont in conts])
+
+
+def _pack_trees(
+    clusters: list[Cluster], row_limit: RowLimit
+) -> Iterator[tuple[list[Cluster], int]]:
+    """Batches of at most the row limit's clusters, one row each, widest first; a batch is
+    cut where padding would pass ``MAX_PADDING`` of its tokens."""
+    for cluster in clusters:
+        cluster.tree = _tree_of(cluster)
+    ordered = sorted(clusters, key=lambda cluster: -cluster.tree.width)
+    longest = [max(len(c) + len(k) - 1 for c, conts in cl.groups for k in conts) for cl in ordered]
+    for i in range(len(longest) - 2, -1, -1):
+        longest[i] = max(longest[i], longest[i + 1])
+    batch: list[Cluster] = []
+    done = rows = limit = 0
+    for i, cluster in enumerate(ordered):
+        if batch:
+            sizes = [c.tree.width for c in [*batch, cluster]]
+            padding = len(sizes) * sizes[0] - sum(sizes)  # widest first: sizes[0] is the max
+            if len(batch) >= limit or padding > MAX_PADDING * sum(sizes):
+                yield batch, limit
+                batch, done, rows = [], done + rows, 0
+        if not batch:
+            limit = max(1, row_limit(done, longest[i]))
+        batch.append(cluster)
         rows += cluster.rows
     if batch:
         yield batch, limit

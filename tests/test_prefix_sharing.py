@@ -22,7 +22,7 @@ from lm_eval.api.model import CachingLM, hash_args
 from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 from sqlitedict import SqliteDict
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
 from propensity_evals.option_orders import rotations
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
@@ -105,6 +105,7 @@ class Call:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
     got_cache: bool  # a KV cache was passed in: a suffix or continuation pass
     use_cache: object  # the use_cache argument as given
     new_cache: bool  # the output holds a cache other than the one passed in
@@ -136,6 +137,23 @@ class Call:
             return [tuple(row.tolist()) for row in self.input_ids]
         mask = self.attention_mask[:, -self.input_ids.shape[1] :].bool()
         return [tuple(ids[keep].tolist()) for ids, keep in zip(self.input_ids, mask, strict=True)]
+
+    def tree_prefixes(self) -> list[list[tuple[int, ...]]]:
+        """Per row of a pass under a 4D (additive) tree mask, the token sequence each real
+        node ends: the tokens of the nodes it attends to, itself included, by position.
+        Padding attends to itself only and nothing attends to it."""
+        allowed = self.attention_mask[:, 0] == 0
+        rows = []
+        for ids, positions, ok in zip(self.input_ids, self.position_ids, allowed, strict=True):
+            real = (ok.sum(0) + ok.sum(1)) > 2
+            row = []
+            for col in real.nonzero().flatten().tolist():
+                seen = ok[col].nonzero().flatten()
+                seen = seen[torch.argsort(positions[seen])]
+                assert positions[seen].tolist() == list(range(len(seen)))  # one per depth
+                row.append(tuple(ids[seen].tolist()))
+            rows.append(row)
+        return rows
 
 
 class ForwardLog:
@@ -181,6 +199,7 @@ class ForwardLog:
             Call(
                 input_ids=input_ids.detach().cpu(),
                 attention_mask=None if mask is None else mask.detach().cpu(),
+                position_ids=None if "position_ids" not in kwargs else kwargs["position_ids"].cpu(),
                 got_cache=passed is not None,
                 use_cache=kwargs.get("use_cache"),
                 new_cache=returned is not None and returned is not passed,
@@ -221,16 +240,17 @@ def assert_shared(log: ForwardLog, pairs, rows_per_pass: int) -> None:
 
 @pytest.fixture(scope="module")
 def runs(weights, questions):
-    """batch size -> (answers, forward log) of one hf-prefix run over all questions."""
-    done: dict[int, tuple[list, ForwardLog]] = {}
+    """(batch size, sharing) -> (answers, forward log) of one hf-prefix run over all
+    questions."""
+    done: dict[tuple[int, str], tuple[list, ForwardLog]] = {}
 
-    def run(batch_size: int):
-        if batch_size not in done:
-            lm = make(PrefixSharingLM, weights, batch_size=batch_size)
+    def run(batch_size: int, sharing: str):
+        if (batch_size, sharing) not in done:
+            lm = make(PrefixSharingLM, weights, batch_size=batch_size, sharing=sharing)
             with ForwardLog(weights[0]) as log:
                 answers = lm.loglikelihood(instances(questions), disable_tqdm=True)
-            done[batch_size] = answers, log
-        return done[batch_size]
+            done[batch_size, sharing] = answers, log
+        return done[batch_size, sharing]
 
     return run
 
@@ -242,17 +262,18 @@ def test_registered_under_its_name_without_hiding_lm_evals_own(smollm2):
     assert isinstance(model, HFLM) and model.batch_size == 4
 
 
+@pytest.mark.parametrize("sharing", ["tree", "cache"])
 @pytest.mark.parametrize("batch_size", [2, 8, 64])
-def test_same_scores_as_hf(runs, questions, baseline, batch_size):
-    # 2: two questions per context pass, their continuations in passes of 2 rows; 8: a few
+def test_same_scores_as_hf(runs, questions, baseline, batch_size, sharing):
+    # 2: two questions per pass (cache: their continuations in passes of 2 rows); 8: a few
     # questions of different lengths, left-padded together; 64: many questions in one pass.
-    ours, _ = runs(batch_size)
+    ours, _ = runs(batch_size, sharing)
     assert_same_as_hf(ours, baseline, questions)
 
 
 @pytest.mark.parametrize("batch_size", [2, 8, 64])
 def test_each_context_runs_once_and_continuations_read_its_cache(runs, hf, questions, batch_size):
-    _, log = runs(batch_size)
+    _, log = runs(batch_size, "cache")
     pairs = encoded(hf, questions)
     assert_shared(log, pairs, batch_size)
     assert not log.of_kind("probe")  # a fixed batch size needs no detection
@@ -266,7 +287,7 @@ def test_each_context_runs_once_and_continuations_read_its_cache(runs, hf, quest
 def test_contexts_of_different_lengths_share_a_left_padded_pass(
     runs, questions, baseline, batch_size
 ):
-    ours, log = runs(batch_size)
+    ours, log = runs(batch_size, "cache")
     padded = [
         call
         for call in log.of_kind("context")
@@ -283,7 +304,7 @@ def test_contexts_of_different_lengths_share_a_left_padded_pass(
 
 def test_continuation_pass_asks_for_no_cache(runs):
     # The continuation pass reads the context's cache; nothing reads what it would return.
-    _, log = runs(8)
+    _, log = runs(8, "cache")
     assert log.continuation_passes
     for call in log.continuation_passes:
         assert call.use_cache is False
@@ -298,7 +319,7 @@ def test_auto_holds_no_more_rows_than_it_detected(weights, hf, questions, baseli
     # fewer than the 3 options of the shortest 3-option question.
     three = min((d for d in questions if len(d["choices"]) == 3), key=lambda d: len(d["prompt"]))
     docs = [three, questions[-1]]
-    lm = make(PrefixSharingLM, weights, batch_size="auto", max_batch_size=2)
+    lm = make(PrefixSharingLM, weights, batch_size="auto", max_batch_size=2, sharing="cache")
     with ForwardLog(weights[0]) as log:
         ours = lm.loglikelihood(instances(docs), disable_tqdm=True)
     assert_shared(log, encoded(hf, docs), rows_per_pass=2)
@@ -344,7 +365,7 @@ def test_auto_n_detects_again_at_hfs_fractions_of_the_run(weights, hf, questions
     sizes = [min(2, budget // length) for length in lengths]
     assert sizes == [1, 2]
 
-    lm = make(PrefixSharingLM, weights, batch_size="auto:2", max_batch_size=2)
+    lm = make(PrefixSharingLM, weights, batch_size="auto:2", max_batch_size=2, sharing="cache")
     with MemoryBudget(weights[0], tokens=budget), ForwardLog(weights[0]) as log:
         ours = lm.loglikelihood(instances(docs), disable_tqdm=True)
     assert lm.batch_sizes == {0: sizes[0], 1: sizes[1]}
@@ -396,7 +417,7 @@ def test_answers_reach_lm_evals_request_cache_batch_by_batch(
         zip((r.args for r in requests), baseline_of(questions, baseline, docs), strict=True)
     )
     path = str(tmp_path / "cache.db")
-    lm = make(PrefixSharingLM, weights, batch_size=1)
+    lm = make(PrefixSharingLM, weights, batch_size=1, sharing="cache")
 
     cached = CachingLM(lm, path)
     with ForwardLog(weights[0], fail_on_context_pass=4) as log, pytest.raises(RuntimeError):
@@ -535,23 +556,24 @@ def rotated_for(model: str, rotated: list[Rotated]) -> list[Rotated]:
 
 @pytest.fixture(scope="module")
 def rotated_runs(weights, tiny_weights, rotated):
-    """(model, batch size) -> (answers, forward log) over every order of the model's
-    ``rotated_for`` questions; batch size "hf": lm-eval's own model (and no log)."""
+    """(model, batch size, sharing) -> (answers, forward log) over every order of the
+    model's ``rotated_for`` questions; batch size "hf": lm-eval's own model (and no log)."""
     models = {"smollm2": weights, "tiny": tiny_weights}
-    done: dict[tuple[str, int | str], tuple[list, ForwardLog | None]] = {}
+    done: dict[tuple[str, int | str, str], tuple[list, ForwardLog | None]] = {}
 
-    def run(model: str, batch_size: int | str):
-        if (model, batch_size) not in done:
+    def run(model: str, batch_size: int | str, sharing: str = "tree"):
+        key = (model, batch_size, sharing)
+        if key not in done:
             requests = rotated_instances(rotated_for(model, rotated))
             if batch_size == "hf":
                 lm = make(HFLM, models[model], batch_size=16)
-                done[model, batch_size] = lm.loglikelihood(requests, disable_tqdm=True), None
+                done[key] = lm.loglikelihood(requests, disable_tqdm=True), None
             else:
-                lm = make(PrefixSharingLM, models[model], batch_size=batch_size)
+                lm = make(PrefixSharingLM, models[model], batch_size=batch_size, sharing=sharing)
                 with ForwardLog(models[model][0]) as log:
                     answers = lm.loglikelihood(requests, disable_tqdm=True)
-                done[model, batch_size] = answers, log
-        return done[model, batch_size]
+                done[key] = answers, log
+        return done[key]
 
     return run
 
@@ -573,14 +595,20 @@ def assert_same_as_hf_per_context(ours, ref, rotated: list[Rotated]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "batch_size"),
-    # 16: each question's orders in one batch; 2: a question's orders split over several
-    # suffix passes on one stem pass, continuations in passes of 2 rows; 64: the 2-option
-    # questions' stems (of different lengths) left-padded together.
-    [("smollm2", 16), ("tiny", 2), ("tiny", 64)],
+    ("model", "batch_size", "sharing"),
+    # tree: one row per question, 2 or 16 rows per pass. cache, 2: a question's orders split
+    # over several suffix passes on one stem pass, continuations in passes of 2 rows; 64:
+    # the 2-option questions' stems (of different lengths) left-padded together.
+    [
+        ("smollm2", 16, "tree"),
+        ("tiny", 2, "tree"),
+        ("tiny", 16, "tree"),
+        ("tiny", 2, "cache"),
+        ("tiny", 64, "cache"),
+    ],
 )
-def test_rotated_contexts_score_as_hf(rotated_runs, rotated, model, batch_size):
-    ours, _ = rotated_runs(model, batch_size)
+def test_rotated_contexts_score_as_hf(rotated_runs, rotated, model, batch_size, sharing):
+    ours, _ = rotated_runs(model, batch_size, sharing)
     ref, _ = rotated_runs(model, "hf")
     assert_same_as_hf_per_context(ours, ref, rotated_for(model, rotated))
 
@@ -595,15 +623,17 @@ def test_a_context_that_is_another_ones_stem_scores_as_hf(tiny_weights):
         for ctx in contexts
         for i, letter in enumerate("AB")
     ]
-    lm = make(PrefixSharingLM, tiny_weights, batch_size=4)
+    lm = make(PrefixSharingLM, tiny_weights, batch_size=4, sharing="cache")
     short, long = (tuple(lm._encode_pair(ctx, " (A)")[0]) for ctx in contexts)
     assert long[: len(short)] == short and len(short) >= 16
     with ForwardLog(tiny_weights[0]) as log:
         ours = lm.loglikelihood(requests, disable_tqdm=True)
     assert [seq for call in log.of_kind("context") for seq in call.sequences()] == [short]
     ref = make(HFLM, tiny_weights, batch_size=4).loglikelihood(requests, disable_tqdm=True)
-    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
-        assert abs(ll - ref_ll) <= ROTATED_TOL and greedy == ref_greedy
+    tree = make(PrefixSharingLM, tiny_weights, batch_size=4).loglikelihood(requests)
+    for answers in (ours, tree):
+        for (ll, greedy), (ref_ll, ref_greedy) in zip(answers, ref, strict=True):
+            assert abs(ll - ref_ll) <= ROTATED_TOL and greedy == ref_greedy
 
 
 def common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -617,7 +647,7 @@ def common_prefix(seqs: list[tuple[int, ...]]) -> tuple[int, ...]:
 def test_each_stem_runs_once_and_each_suffix_on_its_copy(rotated_runs, hf, rotated):
     # Batch size 2: a question's 3 or 4 orders take two suffix passes on a single stem pass.
     # The tiny model has SmolLM2's tokenizer (hf's).
-    _, log = rotated_runs("tiny", 2)
+    _, log = rotated_runs("tiny", 2, "cache")
     stems, suffixes, distinct = [], [], []
     for question in rotated:
         contexts = [tuple(hf._encode_pair(prompt, " (A)")[0]) for prompt in question.prompts]
@@ -648,3 +678,59 @@ def test_each_stem_runs_once_and_each_suffix_on_its_copy(rotated_runs, hf, rotat
         # (all padding for a context that is its stem, none here).
         assert bool(call.attention_mask[:, -1].all())
         assert call.use_cache is True
+
+
+def test_tree_rows_run_each_shared_prefix_once(rotated_runs, hf, rotated):
+    # sharing=tree (the default), batch size 2: one row per question, its orders and options
+    # a token trie under a tree mask; no KV cache in or out.
+    _, log = rotated_runs("tiny", 2)
+    for call in log.calls:
+        assert not call.got_cache and call.use_cache is False and not call.new_cache
+        assert call.attention_mask.dim() == 4 and call.rows <= 2
+    rows = [row for call in log.calls for row in call.tree_prefixes()]
+    assert len(rows) == len(rotated)
+
+    fed, stems = set(), []
+    for question in rotated:
+        pairs = [
+            hf._encode_pair(prompt, f" ({chr(ord('A') + i)})")
+            for prompt in question.prompts
+            for i in range(question.options)
+        ]
+        fed |= {tuple(ctx + cont[:-1]) for ctx, cont in pairs}
+        stems.append(common_prefix([tuple(ctx) for ctx, _ in pairs]))
+    ran = [prefix for row in rows for prefix in row]
+    # Exactly the prefixes of the fed sequences ran, each once within its row, and each
+    # question's stem in one row only: what is shared ran once.
+    assert set(ran) == {seq[:n] for seq in fed for n in range(1, len(seq) + 1)}
+    for row in rows:
+        assert len(row) == len(set(row))
+    for stem in stems:
+        assert ran.count(stem) == 1
+    assert len(ran) < 0.75 * sum(map(len, fed))
+
+
+def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2, rotated):
+    # A tree mask would replace the window's own mask: a (tiny, random) Mistral whose
+    # attention sees the last 8 tokens only scores through KV caches, and matches hf.
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    config = MistralConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        sliding_window=8,
+        initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    requests = rotated_instances(rotated[-1:])
+    lm = make(PrefixSharingLM, (model, tokenizer), batch_size=4)
+    with ForwardLog(model) as log:
+        ours = lm.loglikelihood(requests, disable_tqdm=True)
+    ref = make(HFLM, (model, tokenizer), batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    assert any(call.got_cache for call in log.calls)
+    assert all(call.attention_mask is None or call.attention_mask.dim() == 2 for call in log.calls)
+    assert_same_as_hf_per_context(ours, ref, rotated[-1:])
