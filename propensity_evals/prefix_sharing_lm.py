@@ -1,11 +1,10 @@
-"""lm-eval's HF backend, scoring each shared context prefix once: registered as ``hf-prefix``.
+"""lm-eval's HF backend, scoring each shared token prefix once: registered as ``hf-prefix``.
 
 A multiple-choice question becomes one loglikelihood request per option, all with the same
 context (``Human: ...\\n\\nAssistant:``) and a short continuation (`` (A)``, `` (B)``, ...).
 lm-eval's ``hf`` model runs the whole context again for every option. This class runs each
-token prefix that several requests share once, keeps its KV cache, and scores what follows
-from copies of that cache: the same numbers up to floating-point rounding. Requests are
-arranged as a two-level token trie:
+token prefix that several requests share once: the same numbers up to floating-point
+rounding. Requests are grouped in two steps:
 
 - requests with identical context tokens form one context (about half the tokens of ``hf``
   for this suite, the options in one order);
@@ -13,22 +12,37 @@ arranged as a two-level token trie:
   common prefix are neighbours, and a context joins its neighbours' cluster when the stem
   they would share (at least ``MIN_STEM`` tokens) saves more tokens than the cluster saved
   without it. The case this is for: a question scored in every cyclic order of its options
-  sends k contexts that agree up to the option block. The stem (preamble and question text)
-  runs once per question, then each context's suffix (its option block and the assistant
-  cue) runs on a copy of the stem's cache, then its continuations on a copy of the context's.
-  Over the human-written suite with the SmolLM2 tokenizer, every order with each context run
-  whole costs 2.17x the context tokens of the written order alone; with the stem once per
-  question, 1.38x (lm-written: 2.00x and 1.39x; ``benchmarks/bench_prefix_sharing.py
-  --count-rotations``). The clusters formed here run 1.35x: a few templated questions share
-  a longer prefix across questions too.
+  sends k contexts that agree up to the option block. Over the human-written suite with the
+  SmolLM2 tokenizer, every order with each context run whole costs 2.17x the context tokens
+  of the written order alone; with the stem once per question, 1.38x (lm-written: 2.00x and
+  1.39x; ``benchmarks/bench_prefix_sharing.py --count-rotations``).
+
+How a cluster runs (``sharing``):
+
+- ``tree`` (the default where the model allows it): the cluster is one row of one forward
+  pass, the token trie of all its requests (``token_trees.py``: the stem, each order's option
+  block, the `` (`` the options share, each letter) under a tree attention mask with each
+  token at its depth. Each batch of clusters is a single pass, with no KV cache at all. This
+  needs a custom 4D mask to reach attention unchanged (``sdpa`` and ``eager`` attention;
+  not flash-attention), ``logits_to_keep`` in the forward (the vocabulary projection runs
+  for the trie's last columns only, where the nodes whose log-probabilities are needed are
+  placed), and no sliding window shorter than a request (a tree mask would replace it).
+- ``cache`` (otherwise, or ``sharing=cache`` in the model args): the stem runs once, each
+  context's suffix (its option block and the assistant cue) on a copy of the stem's cache,
+  then its continuations on copies of the context's cache: three kinds of pass per batch.
+
+On 2 CPU cores per-pass overhead dominates small models (a pass streams all weights once),
+so the tree rows are what bring every cyclic order close to the token ratio: 1.40x the wall
+time of the written order on a 240-question sample, against 2.0x with the cache passes
+(BENCHMARKS.md).
 
 A preamble shared by all questions (a system prompt, a chat template's header) is not run
 once for the suite: a context joins a cluster on it only where that beats its question's own
-stem, which it rarely does. What running it once would save, over the same suite in every
-order (stems once per question): the plain format shares 2 tokens (``Human:``), 2% of the
-tokens; a 15-token system prompt in the plain format, 14%; SmolLM2's chat template with its
-default system prompt, a 24-token header, 20%. That needs a third trie level (a preamble
-cache copied into every cluster's stem pass), not built here.
+stem, which it rarely does, and each cluster is its own row. What running it once would save,
+over the same suite in every order (stems once per question): the plain format shares 2
+tokens (``Human:``), 2% of the tokens; a 15-token system prompt in the plain format, 14%;
+SmolLM2's chat template with its default system prompt, a 24-token header, 20%. That needs a
+preamble cache copied into every batch, not built here.
 
 What stays exactly as in ``hf``:
 
@@ -41,16 +55,16 @@ What stays exactly as in ``hf``:
   ``hf`` would truncate, and models whose forward takes no KV cache or position ids all go
   through ``HFLM`` unchanged.
 
-``batch_size`` bounds the rows of every forward pass, as in ``hf``: a batch holds whole
-clusters, at most ``batch_size`` contexts in all (one cluster of more contexts runs alone,
-its suffixes in several passes from copies of the stem's cache), and its continuations are
-scored ``batch_size`` rows per pass from copies of the contexts' cache. No pass holds more
-rows or longer ones than an ``hf`` batch of that size, and none keeps logits beyond the last
-context position and the continuation tokens, so memory stays below ``hf``'s. Stems are
-left-padded in their pass; suffixes are left-padded in theirs (the padding between a stem and
-its suffix is masked out, and position ids count real tokens only), so each context's last
-token sits in the last column and continuations append without holes after it. Batches are
-cut where padding would pass ``MAX_PADDING`` of their tokens, stems longest first.
+``batch_size`` bounds the rows of every forward pass, as in ``hf``. Tree rows: a batch holds
+at most ``batch_size`` clusters, widest first, each row keeping logits only for its last
+columns (its contexts' ends and continuation tokens; an ``hf`` row keeps them for every
+token), and no KV cache. Cache passes: a batch holds whole clusters, at most ``batch_size``
+contexts in all (one cluster of more contexts runs alone, its suffixes in several passes from
+copies of the stem's cache), and its continuations are scored ``batch_size`` rows per pass
+from copies of the contexts' cache; stems and suffixes are left-padded in their passes (the
+padding between a stem and its suffix is masked out, and position ids count real tokens
+only), so each context's last token sits in the last column. Either way, batches are cut
+where padding would pass ``MAX_PADDING`` of their tokens.
 
 ``batch_size=auto`` and ``auto:N`` run ``hf``'s probe (the largest of ``max_batch_size``,
 0.9 times that, ... that runs rows of the longest request 5 times) at the same fractions of the

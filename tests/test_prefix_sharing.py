@@ -5,10 +5,11 @@ lm-eval ``Instance`` objects, built from real human-written rows as the tasks bu
 context ``Human: {question}\\n\\nAssistant:``, continuations `` (A)``, `` (B)``, ...
 
 Agreeing with ``hf`` is not enough (``HFLM`` itself agrees), so a forward hook on the model
-module records every pass, and the tests check what went through it: each distinct context
-once, continuations on top of its cache, contexts of different lengths left-padded together,
-no pass over the batch size, and ``hf``'s batch-size probe (rows of token id 1) where
-``auto`` asks for it.
+module records every pass, and the tests check what went through it. With ``sharing=tree``
+(the default): one row per question, each token prefix once, under a tree mask. With
+``sharing=cache``: each distinct context once, continuations on top of its cache, contexts of
+different lengths left-padded together, no pass over the batch size, and ``hf``'s batch-size
+probe (rows of token id 1) where ``auto`` asks for it.
 """
 
 from __future__ import annotations
