@@ -164,9 +164,17 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         rows = sum(len(conts) for conts in groups.values())
         row_limit = self._row_limit(rows, override_bs)
         if self._can_use_tree_masks(clusters):
-            batches, score = _pack_trees(clusters, row_limit), self._score_trees
+            for cluster in clusters:
+                cluster.tree = build_tree(
+                    [(ctx, cont) for ctx, conts in cluster.groups for cont in conts]
+                )
+            # One row per cluster, widest first.
+            clusters.sort(key=lambda cluster: -cluster.tree.width)
+            batches = _pack(clusters, row_limit, lambda cluster: 1, _tree_padding)
+            score = self._score_trees
         else:
-            batches, score = _pack(clusters, row_limit), self._score_batch
+            batches = _pack(clusters, row_limit, lambda cluster: len(cluster.groups), _padding)
+            score = self._score_batch
         for batch, limit in batches:
             contexts = [group for cluster in batch for group in cluster.groups]
             for (_, conts), answers in zip(contexts, score(batch, limit), strict=True):
@@ -206,10 +214,7 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
             return False
         window = getattr(config, "sliding_window", None)
-        longest = max(
-            len(ctx) + len(cont) - 1 for c in clusters for ctx, conts in c.groups for cont in conts
-        )
-        return not window or longest <= window
+        return not window or max(cluster.longest_request for cluster in clusters) <= window
 
     def _fits_without_truncation(self, request: Request) -> bool:
         # hf feeds (context + continuation)[:-1] and truncates it from the left past
@@ -319,8 +324,9 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
 
     def _score_trees(self, batch: list[Cluster], limit: int) -> list[list[tuple[float, bool]]]:
         """Per context in ``batch``, the answer for each of its continuations, from one
-        forward pass: one row per cluster, the trie of its requests under a tree mask."""
-        trees = [cluster.tree or _tree_of(cluster) for cluster in batch]
+        forward pass: one row per cluster (``limit`` rows at most, which ``_pack`` kept), the
+        trie of its requests under a tree mask."""
+        trees = [cluster.tree for cluster in batch]
         width = max(tree.width for tree in trees)
         kept = max(tree.kept for tree in trees)
         pad = self.tokenizer.pad_token_id or 0
@@ -508,6 +514,11 @@ class Cluster:
         return sum(len(conts) for _, conts in self.groups)
 
     @property
+    def longest_request(self) -> int:
+        """Tokens the model sees for its longest request, as hf feeds it."""
+        return max(len(ctx) + len(cont) - 1 for ctx, conts in self.groups for cont in conts)
+
+    @property
     def longest(self) -> int:
         return max(len(context) for context, _ in self.groups)
 
@@ -572,61 +583,41 @@ def _padding(batch: list[Cluster]) -> tuple[int, int]:
     return padding, sum(stems) + sum(suffixes)
 
 
-def _pack(ordered: list[Cluster], row_limit: RowLimit) -> Iterator[tuple[list[Cluster], int]]:
-    """Batches of whole clusters, in ``ordered``'s order, each with its row limit: at most that
-    many contexts (but at least one cluster), whose continuations then take as many passes
-    of that many rows as they need, and at most ``MAX_PADDING`` padding: a batch is cut where
-    the stems or suffixes get much shorter, so big batches form only where many have similar
-    lengths. The limit is asked for as each batch starts, after the one before has been
-    scored (when auto:N detects again), for the longest request from there on."""
-    # Requests from each cluster on, longest: what the batch-size probe must fit.
-    longest = [max(len(c) + len(k) - 1 for c, conts in cl.groups for k in conts) for cl in ordered]
-    for i in range(len(longest) - 2, -1, -1):
-        longest[i] = max(longest[i], longest[i + 1])
-    batch: list[Cluster] = []
-    contexts = done = rows = limit = 0
-    for i, cluster in enumerate(ordered):
-        if batch:
-            padding, tokens = _padding([*batch, cluster])
-            if contexts + len(cluster.groups) > limit or padding > MAX_PADDING * tokens:
-                yield batch, limit
-                batch, done, contexts, rows = [], done + rows, 0, 0
-        if not batch:
-            limit = max(1, row_limit(done, longest[i]))
-        batch.append(cluster)
-        contexts += len(cluster.groups)
-        rows += cluster.rows
-    if batch:
-        yield batch, limit
+def _tree_padding(batch: list[Cluster]) -> tuple[int, int]:
+    """(padding, real tokens) of the one pass that ``_score_trees`` runs for ``batch``."""
+    widths = [cluster.tree.width for cluster in batch]
+    return len(widths) * max(widths) - sum(widths), sum(widths)
 
 
-def _tree_of(cluster: Cluster) -> TokenTree:
-    return build_tree([(ctx, cont) for ctx, conts in cluster.groups for cont in conts])
-
-
-def _pack_trees(
-    clusters: list[Cluster], row_limit: RowLimit
+def _pack(
+    ordered: list[Cluster],
+    row_limit: RowLimit,
+    rows_of: Callable[[Cluster], int],
+    padding_of: Callable[[list[Cluster]], tuple[int, int]],
 ) -> Iterator[tuple[list[Cluster], int]]:
-    """Batches of at most the row limit's clusters, one row each, widest first; a batch is
-    cut where padding would pass ``MAX_PADDING`` of its tokens."""
-    for cluster in clusters:
-        cluster.tree = _tree_of(cluster)
-    ordered = sorted(clusters, key=lambda cluster: -cluster.tree.width)
-    longest = [max(len(c) + len(k) - 1 for c, conts in cl.groups for k in conts) for cl in ordered]
+    """Batches of whole clusters, in ``ordered``'s order, each with its row limit: clusters
+    taking at most that many rows by ``rows_of`` (but at least one cluster; cache passes:
+    contexts, whose continuations then take as many passes of that many rows as they need;
+    tree rows: one per cluster), and at most ``MAX_PADDING`` padding by ``padding_of``: a
+    batch is cut where the rows get much shorter, so big batches form only where many have
+    similar lengths. The limit is asked for as each batch starts, after the one before has
+    been scored (when auto:N detects again), for the longest request from there on."""
+    # Requests from each cluster on, longest: what the batch-size probe must fit.
+    longest = [cluster.longest_request for cluster in ordered]
     for i in range(len(longest) - 2, -1, -1):
         longest[i] = max(longest[i], longest[i + 1])
     batch: list[Cluster] = []
-    done = rows = limit = 0
+    taken = done = rows = limit = 0
     for i, cluster in enumerate(ordered):
         if batch:
-            sizes = [c.tree.width for c in [*batch, cluster]]
-            padding = len(sizes) * sizes[0] - sum(sizes)  # widest first: sizes[0] is the max
-            if len(batch) >= limit or padding > MAX_PADDING * sum(sizes):
+            padding, tokens = padding_of([*batch, cluster])
+            if taken + rows_of(cluster) > limit or padding > MAX_PADDING * tokens:
                 yield batch, limit
-                batch, done, rows = [], done + rows, 0
+                batch, done, taken, rows = [], done + rows, 0, 0
         if not batch:
             limit = max(1, row_limit(done, longest[i]))
         batch.append(cluster)
+        taken += rows_of(cluster)
         rows += cluster.rows
     if batch:
         yield batch, limit

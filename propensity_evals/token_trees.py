@@ -45,7 +45,8 @@ class TokenTree:
         """[width, width] bool: node i may attend to node j (j is i or one of its ancestors)."""
         n = self.width
         allowed = np.zeros((n, n), dtype=bool)
-        # Parents come before children in creation order, which sorting by depth keeps.
+        # In row order a child may precede its parent (needed nodes go last); by depth, every
+        # parent comes first.
         for node in sorted(range(n), key=self.depths.__getitem__):
             parent = self.parents[node]
             if parent >= 0:
