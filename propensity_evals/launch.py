@@ -36,7 +36,12 @@ from pathlib import Path
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modified
 from propensity_evals.audit import relabels_sha256
-from propensity_evals.backend_choice import BackendChoiceError, choose_backend
+from propensity_evals.backend_choice import (
+    DEFAULT_BACKEND,
+    BackendChoiceError,
+    choose_backend,
+    read_config,
+)
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.chat_rendering import CLOSING_BACKENDS
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
@@ -53,6 +58,7 @@ from propensity_evals.run_identity import (
     model_identity,
     model_identity_digest,
 )
+from propensity_evals.shared_scoring import PER_OPTION, scoring_of_run
 from propensity_evals.task_docs import DATA_DIR_ENV, FETCH_HINT, resolve_data_dir
 from propensity_evals.wandb_mode import WandbModeError, choose_wandb_mode
 
@@ -408,6 +414,11 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         max_gen_toks=settings.max_gen_toks,
         prompt_opens_think=settings.prompt_opens_think,
         thinking_closure=closure,
+        scoring=(
+            scoring_of_run(read_config(model, args.revision), args.model_args)
+            if args.chosen_backend == DEFAULT_BACKEND
+            else ""
+        ),
     )
 
 
@@ -451,6 +462,8 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     except WandbModeError as error:
         raise LaunchError(str(error)) from None
     spec = run_spec(args, model, label, closure)
+    if spec.scoring.startswith(PER_OPTION):
+        print(f"note: {spec.backend}: {spec.scoring}, as lm-eval's hf scores", file=sys.stderr)
     if spec.fingerprint is None:
         print(
             f"note: cannot resolve {model}@{args.revision or 'main'} to a commit "

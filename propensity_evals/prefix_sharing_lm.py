@@ -22,7 +22,8 @@ How a cluster runs (``sharing``):
 - ``tree`` (the default where the model allows it): the cluster is one row of one forward
   pass, the token trie of all its requests (``token_trees.py``: the stem, each order's option
   block, the `` (`` the options share, each letter) under a tree attention mask with each
-  token at its depth. Each batch of clusters is a single pass, with no KV cache at all. This
+  token at its depth. Each batch of clusters is a single pass, reading no KV cache but the
+  preamble's (below). This
   needs a custom 4D mask to reach attention unchanged (``sdpa`` and ``eager`` attention;
   not flash-attention), ``logits_to_keep`` in the forward (the vocabulary projection runs
   for the trie's last columns only, where the nodes whose log-probabilities are needed are
@@ -36,13 +37,18 @@ so the tree rows are what bring every cyclic order close to the token ratio: 1.4
 time of the written order on a 240-question sample, against 2.0x with the cache passes
 (BENCHMARKS.md).
 
-A preamble shared by all questions (a system prompt, a chat template's header) is not run
-once for the suite: a context joins a cluster on it only where that beats its question's own
-stem, which it rarely does, and each cluster is its own row. What running it once would save,
-over the same suite in every order (stems once per question): the plain format shares 2
-tokens (``Human:``), 2% of the tokens; a 15-token system prompt in the plain format, 14%;
-SmolLM2's chat template with its default system prompt, a 24-token header, 20%. That needs a
-preamble cache copied into every batch, not built here.
+A preamble every context of the call starts with (a chat template's header, a system prompt,
+``Human:``) runs once for the call in the tree path: its KV cache is computed once, every
+tree row reads a copy of it (each node may attend to it; positions continue after it), and
+clusters form on what follows it, so it never chains questions into one row. Without it, a
+long system prompt made every question join one cluster, a single row whose dense mask grew
+with the square of the run. Rows are bounded too: a cluster stops at
+``MAX_CLUSTER_TOKENS`` of its own, and a pass holds no more tokens than ``batch_size`` rows of
+the longest request (what ``hf``'s pass would hold, and what ``auto`` measures).
+
+Which models share at all is an allow-list (:mod:`propensity_evals.shared_scoring`): a model
+type or attention kernel not shown exact against ``hf`` is scored per option by ``HFLM``'s
+own code, with one line saying so.
 
 What stays exactly as in ``hf``:
 
@@ -93,6 +99,7 @@ from lm_eval.models.utils_hf import clear_torch_cache
 from tqdm import tqdm
 
 from propensity_evals.chat_rendering import ClosedThinkingChatMixin
+from propensity_evals.shared_scoring import PER_OPTION, model_type_of, refusal
 from propensity_evals.token_trees import TokenTree, build_tree
 
 logger = logging.getLogger(__name__)
@@ -145,6 +152,8 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             )
             for i, answer in zip(rest, scored, strict=True):
                 results[i] = answer
+        if not shared:
+            return results  # type: ignore[return-value]
 
         # context tokens -> {continuation tokens -> indices of the requests asking for it}
         groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
@@ -158,20 +167,46 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             disable=(disable_tqdm or self.rank != 0),
             desc="Running loglikelihood requests (shared prefixes)",
         )
+        longest = max(len(ctx) + len(cont) - 1 for ctx, conts in groups.items() for cont in conts)
+        tree = self._can_use_tree_masks(longest)
+        # Tree rows: the tokens every context starts with (a chat template's header, a system
+        # prompt, ``Human:``) run once for the call, as a KV cache every row reads, and
+        # clusters form on what follows, so that no preamble chains questions together. The
+        # cache passes run each stem whole, so they cluster on whole contexts (a cluster's
+        # width is capped either way).
+        preamble = _preamble(list(groups)) if tree else ()
         # Longest stems first (for contexts alone, longest contexts first, as in hf): little
         # padding within a batch, and an out-of-memory error shows up early.
-        clusters = sorted(_cluster(groups), key=lambda c: (-c.stem, -c.longest, c.groups[0][0]))
+        clusters = sorted(
+            _cluster(groups, skip=len(preamble)),
+            key=lambda c: (-c.stem, -c.longest, c.groups[0][0]),
+        )
         rows = sum(len(conts) for conts in groups.values())
         row_limit = self._row_limit(rows, override_bs)
-        if self._can_use_tree_masks(clusters):
+        if tree:
             for cluster in clusters:
                 cluster.tree = build_tree(
-                    [(ctx, cont) for ctx, conts in cluster.groups for cont in conts]
+                    [
+                        (ctx[len(preamble) :], cont)
+                        for ctx, conts in cluster.groups
+                        for cont in conts
+                    ]
                 )
             # One row per cluster, widest first.
             clusters.sort(key=lambda cluster: -cluster.tree.width)
-            batches = _pack(clusters, row_limit, lambda cluster: 1, _tree_padding)
-            score = self._score_trees
+            batches = _pack(
+                clusters,
+                row_limit,
+                lambda cluster: 1,
+                _tree_padding,
+                # The row holds the preamble's width too (as cached keys and values).
+                row_tokens=lambda batch: len(batch) * (len(preamble) + _widest(batch)),
+            )
+            preamble_cache = self._run_preamble(preamble)
+
+            def score(batch, limit):
+                return self._score_trees(batch, len(preamble), preamble_cache)
+
         else:
             batches = _pack(clusters, row_limit, lambda cluster: len(cluster.groups), _padding)
             score = self._score_batch
@@ -201,12 +236,34 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             model = base() if callable(base) else self.model
             self._forward_params = inspect.signature(model.forward).parameters
         params = self._forward_params
-        return "position_ids" in params and bool({"cache", "past_key_values"} & params.keys())
+        if "position_ids" not in params or not ({"cache", "past_key_values"} & params.keys()):
+            return False
+        return self._sharing_refusal() is None
 
-    def _can_use_tree_masks(self, clusters: list[Cluster]) -> bool:
+    def _sharing_refusal(self) -> str | None:
+        """Why this model's prefixes must not be shared (shared_scoring's allow-list), said
+        once in one line; None where sharing is verified exact."""
+        if not hasattr(self, "_refusal"):
+            config = self.model.config
+            text_config = getattr(config, "get_text_config", lambda: config)()
+            self._refusal = refusal(
+                model_type_of(config.to_dict()),
+                getattr(text_config, "_attn_implementation", None),
+            )
+            if self._refusal is not None and self.rank == 0:
+                logger.warning(
+                    "hf-prefix: %s; scoring %s, as lm-eval's hf does (same numbers, no "
+                    "shared work)",
+                    self._refusal,
+                    PER_OPTION,
+                )
+        return self._refusal
+
+    def _can_use_tree_masks(self, longest_request: int = 0) -> bool:
         """Whether a custom 4D attention mask reaches attention unchanged (``sdpa`` and
         ``eager`` take it as given; flash-attention takes none), the forward can limit its
-        logits, and no sliding window shorter than a request would be bypassed by it."""
+        logits, and no sliding window is shorter than the longest request (the tree mask
+        would replace the window's own mask)."""
         if self.sharing != "tree" or "logits_to_keep" not in self._forward_params:
             return False
         config = self.model.config
@@ -214,7 +271,15 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
             return False
         window = getattr(config, "sliding_window", None)
-        return not window or max(cluster.longest_request for cluster in clusters) <= window
+        return not window or longest_request <= window
+
+    def _run_preamble(self, preamble: tuple[int, ...]):
+        """The KV cache of the tokens every context starts with (None if there are none)."""
+        if not preamble:
+            return None
+        with torch.no_grad(), self._autocast():
+            ids = torch.tensor([preamble], dtype=torch.long, device=self.device)
+            return _cache_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
 
     def _fits_without_truncation(self, request: Request) -> bool:
         # hf feeds (context + continuation)[:-1] and truncates it from the left past
@@ -322,35 +387,47 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
                 )
             return answers
 
-    def _score_trees(self, batch: list[Cluster], limit: int) -> list[list[tuple[float, bool]]]:
+    def _score_trees(
+        self, batch: list[Cluster], skip: int = 0, preamble_cache=None
+    ) -> list[list[tuple[float, bool]]]:
         """Per context in ``batch``, the answer for each of its continuations, from one
-        forward pass: one row per cluster (``limit`` rows at most, which ``_pack`` kept), the
-        trie of its requests under a tree mask."""
+        forward pass: one row per cluster (as many as ``_pack`` kept), the trie of its
+        requests after their first ``skip`` tokens (the preamble every context starts with)
+        under a tree mask; those ``skip`` tokens are read from ``preamble_cache``, which every
+        node may attend to."""
         trees = [cluster.tree for cluster in batch]
         width = max(tree.width for tree in trees)
         kept = max(tree.kept for tree in trees)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(trees), width), pad, dtype=torch.long)
-        positions = torch.zeros((len(trees), width), dtype=torch.long)
-        allowed = np.zeros((len(trees), width, width), dtype=bool)
-        allowed[:, range(width), range(width)] = True  # padding attends to itself only
+        positions = torch.full((len(trees), width), skip, dtype=torch.long)
+        allowed = np.zeros((len(trees), width, skip + width), dtype=bool)
+        allowed[:, :, :skip] = True  # the preamble precedes every node
+        allowed[:, range(width), range(skip, skip + width)] = True  # padding: itself only
         for row, tree in enumerate(trees):
             start = width - tree.width  # left-padded: every row's kept nodes end it
             ids[row, start:] = torch.tensor(tree.tokens)
-            positions[row, start:] = torch.tensor(tree.depths)
-            allowed[row, start:, start:] = tree.ancestors()
+            positions[row, start:] = skip + torch.tensor(tree.depths)
+            allowed[row, start:, skip + start :] = tree.ancestors()
         dtype = self.mixed_precision_dtype or self.model.dtype
-        mask = torch.zeros((len(trees), 1, width, width), dtype=dtype)
+        mask = torch.zeros((len(trees), 1, width, skip + width), dtype=dtype)
         mask.masked_fill_(~torch.from_numpy(allowed)[:, None], torch.finfo(dtype).min)
+        inputs = {}
+        if preamble_cache is not None:
+            # One copy of the preamble's cache per row; the pass appends the row to it.
+            rows = torch.zeros(len(trees), dtype=torch.long, device=self.device)
+            inputs[self._cache_arg()] = _select_rows(preamble_cache, rows, keep=True)
 
         with torch.no_grad(), self._autocast():
             logits = self.model(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
-                use_cache=False,
+                use_cache=preamble_cache is not None,
                 logits_to_keep=kept,
+                **inputs,
             ).logits
+            del inputs
             # Row ``row``'s tree column c sits at logits column kept - tree.width + c.
             rows, cols, targets, spans = [], [], [], []
             for row, (tree, cluster) in enumerate(zip(trees, batch, strict=True)):
@@ -493,6 +570,11 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         return self.model(**inputs)
 
 
+# Tokens a cluster's row may hold beyond the preamble (contexts beyond it start a cluster of
+# their own; the numbers stay the same, less is shared). A question's every cyclic order fits:
+# about 1,500 tokens for the longest eight-option human-written question.
+MAX_CLUSTER_TOKENS = 4096
+
 # Contexts that share fewer tokens than this run whole: a shorter stem saves less than the
 # bookkeeping of one more pass costs. Every question's rendered prompt starts with a few
 # shared tokens (``Human:``), so a small floor keeps distinct questions apart.
@@ -523,17 +605,21 @@ class Cluster:
         return max(len(context) for context, _ in self.groups)
 
 
-def _cluster(groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]]) -> list[Cluster]:
+def _cluster(
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]], skip: int = 0
+) -> list[Cluster]:
     """The distinct contexts in clusters of shared stems: the second level of a token trie.
 
     In sorted order, contexts sharing a prefix are neighbours (the rotations of one
     question's options share everything up to the option block), and a run's common prefix
-    is the shortest common prefix of neighbours in it. A context joins the run before it
-    when the stem it leaves saves more tokens than the run saved without it (n contexts on
-    a stem s run (n-1)s fewer tokens), unless it shares at least twice as many tokens with
-    the context after it: that is the start of the next question's run. So a preamble that
-    every question shares (``Human:``, a system prompt, a chat template's header) does not
-    pull questions together on a stem that would lose their own longer one.
+    is the shortest common prefix of neighbours in it. Only what follows the first ``skip``
+    tokens counts (the preamble every context starts with, run once for the call): a context
+    joins the run before it when the stem it leaves there saves more tokens than the run
+    saved without it (n contexts on a stem s run (n-1)s fewer tokens), unless it shares at
+    least twice as many tokens with the context after it: that is the start of the next
+    question's run. A cluster stops growing at ``MAX_CLUSTER_TOKENS`` of its own (its row's
+    width), so no row grows with the number of questions: a chat template's header or a
+    system prompt, however long, never pulls questions together.
     A context alone is its own stem, as identical contexts were before: one pass, no
     suffix.
     """
@@ -542,13 +628,20 @@ def _cluster(groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]]) ->
     for i, (context, conts) in enumerate(ordered):
         if clusters:
             last = clusters[-1]
-            shared = _common_prefix(last.groups[-1][0], context)
-            after = _common_prefix(context, ordered[i + 1][0]) if i + 1 < len(ordered) else 0
+            shared = _common_prefix(last.groups[-1][0], context) - skip
+            after = _common_prefix(context, ordered[i + 1][0]) - skip if i + 1 < len(ordered) else 0
             n = len(last.groups)
-            stem = shared if n == 1 else min(last.stem, shared)
-            saved_before = 0 if n == 1 else (n - 1) * last.stem
-            if stem >= MIN_STEM and n * stem > saved_before and after < 2 * shared:
-                last.stem = stem
+            own = shared if n == 1 else min(last.stem - skip, shared)
+            saved_before = 0 if n == 1 else (n - 1) * (last.stem - skip)
+            contexts = [*(ctx for ctx, _ in last.groups), context]
+            width = sum(len(ctx) - skip for ctx in contexts) - n * own
+            if (
+                own >= MIN_STEM
+                and n * own > saved_before
+                and after < 2 * shared
+                and width <= MAX_CLUSTER_TOKENS
+            ):
+                last.stem = skip + own
                 last.groups.append((context, conts))
                 continue
         clusters.append(Cluster(stem=len(context), groups=[(context, conts)]))
@@ -556,6 +649,17 @@ def _cluster(groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]]) ->
         # Longest suffix first: little padding when a cluster's suffixes take several passes.
         cluster.groups.sort(key=lambda group: -len(group[0]))
     return clusters
+
+
+def _preamble(contexts: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The tokens every context starts with, leaving each at least its last token (whose
+    logits predict the continuations)."""
+    shortest = min(len(context) for context in contexts)
+    first = contexts[0]
+    n = shortest - 1
+    for context in contexts[1:]:
+        n = min(n, _common_prefix(first[:n], context))
+    return first[:n]
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -583,6 +687,10 @@ def _padding(batch: list[Cluster]) -> tuple[int, int]:
     return padding, sum(stems) + sum(suffixes)
 
 
+def _widest(batch: list[Cluster]) -> int:
+    return max(cluster.tree.width for cluster in batch)
+
+
 def _tree_padding(batch: list[Cluster]) -> tuple[int, int]:
     """(padding, real tokens) of the one pass that ``_score_trees`` runs for ``batch``."""
     widths = [cluster.tree.width for cluster in batch]
@@ -594,6 +702,7 @@ def _pack(
     row_limit: RowLimit,
     rows_of: Callable[[Cluster], int],
     padding_of: Callable[[list[Cluster]], tuple[int, int]],
+    row_tokens: Callable[[list[Cluster]], int] | None = None,
 ) -> Iterator[tuple[list[Cluster], int]]:
     """Batches of whole clusters, in ``ordered``'s order, each with its row limit: clusters
     taking at most that many rows by ``rows_of`` (but at least one cluster; cache passes:
@@ -601,21 +710,28 @@ def _pack(
     tree rows: one per cluster), and at most ``MAX_PADDING`` padding by ``padding_of``: a
     batch is cut where the rows get much shorter, so big batches form only where many have
     similar lengths. The limit is asked for as each batch starts, after the one before has
-    been scored (when auto:N detects again), for the longest request from there on."""
+    been scored (when auto:N detects again), for the longest request from there on.
+
+    ``row_tokens`` (tree rows, which are wider than any one request): the tokens a batch's
+    pass holds, kept within the limit's rows of the longest request from there on, the
+    tokens an ``hf`` pass of that many rows would hold (what ``auto`` measures); a cluster
+    wider than that still runs, alone."""
     # Requests from each cluster on, longest: what the batch-size probe must fit.
     longest = [cluster.longest_request for cluster in ordered]
     for i in range(len(longest) - 2, -1, -1):
         longest[i] = max(longest[i], longest[i + 1])
     batch: list[Cluster] = []
-    taken = done = rows = limit = 0
+    taken = done = rows = limit = budget = 0
     for i, cluster in enumerate(ordered):
         if batch:
             padding, tokens = padding_of([*batch, cluster])
-            if taken + rows_of(cluster) > limit or padding > MAX_PADDING * tokens:
+            over_budget = row_tokens is not None and row_tokens([*batch, cluster]) > budget
+            if taken + rows_of(cluster) > limit or padding > MAX_PADDING * tokens or over_budget:
                 yield batch, limit
                 batch, done, taken, rows = [], done + rows, 0, 0
         if not batch:
             limit = max(1, row_limit(done, longest[i]))
+            budget = limit * longest[i]
         batch.append(cluster)
         taken += rows_of(cluster)
         rows += cluster.rows

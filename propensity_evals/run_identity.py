@@ -205,6 +205,9 @@ class RunSpec:
     # How a reasoning model's thinking block is closed in chat mode (prompts.thinking_closure);
     # "" for a template without one, and always in plain mode.
     thinking_closure: str = ""
+    # hf-prefix only: "shared prefixes", or "per option (why)" for a model type or attention
+    # kernel not verified exact for sharing (shared_scoring.py); "" for every other class.
+    scoring: str = ""
 
     @property
     def run_name(self) -> str:
@@ -253,6 +256,8 @@ class RunSpec:
             # Only where there is one, so that every other run keeps its fingerprint (and its
             # request cache and complete results) from before reasoning models were handled.
             inputs["thinking_closure"] = self.thinking_closure
+        if self.scoring:
+            inputs["scoring"] = self.scoring
         if self.mode != "loglik":
             inputs |= {
                 "mode": self.mode,

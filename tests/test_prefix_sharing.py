@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
 from propensity_evals.option_orders import rotations
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
+from propensity_evals.prompts import continuations, render_context
 from propensity_evals.questions import parse_row, render_prompt
 from propensity_evals.task_docs import build_docs, read_rows
 from tests.tiny_models import save_tiny_model
@@ -139,20 +140,26 @@ class Call:
         mask = self.attention_mask[:, -self.input_ids.shape[1] :].bool()
         return [tuple(ids[keep].tolist()) for ids, keep in zip(self.input_ids, mask, strict=True)]
 
-    def tree_prefixes(self) -> list[list[tuple[int, ...]]]:
+    def tree_prefixes(self, preamble: tuple[int, ...] = ()) -> list[list[tuple[int, ...]]]:
         """Per row of a pass under a 4D (additive) tree mask, the token sequence each real
-        node ends: the tokens of the nodes it attends to, itself included, by position.
-        Padding attends to itself only and nothing attends to it."""
+        node ends: ``preamble`` (the tokens of the cache the pass reads: the mask's first
+        columns, which every node sees), then the tokens of the nodes it attends to, itself
+        included, by position. Padding attends to itself only and nothing attends to it."""
+        skip = self.attention_mask.shape[-1] - self.input_ids.shape[1]
+        assert skip == len(preamble)
         allowed = self.attention_mask[:, 0] == 0
         rows = []
         for ids, positions, ok in zip(self.input_ids, self.position_ids, allowed, strict=True):
+            assert bool(ok[:, :skip].all())  # the preamble precedes every node
+            ok = ok[:, skip:]
             real = (ok.sum(0) + ok.sum(1)) > 2
             row = []
             for col in real.nonzero().flatten().tolist():
                 seen = ok[col].nonzero().flatten()
                 seen = seen[torch.argsort(positions[seen])]
-                assert positions[seen].tolist() == list(range(len(seen)))  # one per depth
-                row.append(tuple(ids[seen].tolist()))
+                # One node per depth, right after the preamble.
+                assert positions[seen].tolist() == list(range(skip, skip + len(seen)))
+                row.append(preamble + tuple(ids[seen].tolist()))
             rows.append(row)
         return rows
 
@@ -685,10 +692,14 @@ def test_tree_rows_run_each_shared_prefix_once(rotated_runs, hf, rotated):
     # sharing=tree (the default), batch size 2: one row per question, its orders and options
     # a token trie under a tree mask; no KV cache in or out.
     _, log = rotated_runs("tiny", 2)
-    for call in log.calls:
-        assert not call.got_cache and call.use_cache is False and not call.new_cache
-        assert call.attention_mask.dim() == 4 and call.rows <= 2
-    rows = [row for call in log.calls for row in call.tree_prefixes()]
+    # First the tokens every context starts with (``Human:``), once, alone; then the tree
+    # rows, each pass reading (a copy of) its cache.
+    first, *passes = log.calls
+    assert first.rows == 1 and not first.got_cache and first.attention_mask is None
+    (preamble,) = first.sequences()
+    for call in passes:
+        assert call.got_cache and call.attention_mask.dim() == 4 and call.rows <= 2
+    rows = [row for call in passes for row in call.tree_prefixes(preamble)]
     assert len(rows) == len(rotated)
 
     fed, stems = set(), []
@@ -703,7 +714,8 @@ def test_tree_rows_run_each_shared_prefix_once(rotated_runs, hf, rotated):
     ran = [prefix for row in rows for prefix in row]
     # Exactly the prefixes of the fed sequences ran, each once within its row, and each
     # question's stem in one row only: what is shared ran once.
-    assert set(ran) == {seq[:n] for seq in fed for n in range(1, len(seq) + 1)}
+    assert all(seq[: len(preamble)] == preamble for seq in fed)
+    assert set(ran) == {seq[:n] for seq in fed for n in range(len(preamble) + 1, len(seq) + 1)}
     for row in rows:
         assert len(row) == len(set(row))
     for stem in stems:
@@ -735,3 +747,74 @@ def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2,
     assert any(call.got_cache for call in log.calls)
     assert all(call.attention_mask is None or call.attention_mask.dim() == 2 for call in log.calls)
     assert_same_as_hf_per_context(ours, ref, rotated[-1:])
+
+
+def test_tree_passes_hold_no_more_tokens_than_hfs_rows(rotated_runs, hf, rotated):
+    # Batch size 2: a row holds one question in every order, wider than any of its requests,
+    # so two such rows would hold more tokens than hf's two rows; the budget lets a pass
+    # hold what 2 rows of the longest request hold (a wider row still runs, alone).
+    _, log = rotated_runs("tiny", 2)
+    longest = max(
+        len(ctx) + len(cont) - 1
+        for q in rotated
+        for prompt in q.prompts
+        for ctx, cont in [hf._encode_pair(prompt, " (A)")]
+    )
+    for call in log.calls[1:]:
+        assert call.rows == 1 or call.rows * call.attention_mask.shape[-1] <= 2 * longest
+
+
+SYSTEM_PROMPT = "You are a helpful, honest and harmless AI assistant. Answer the question."
+
+
+def test_a_chat_preamble_runs_once_and_never_joins_questions(tiny_weights, questions):
+    # Chat mode with a system prompt: every context starts with the same header, longer
+    # than a stem. It runs once, as a cache; each question is a row of its own, and the
+    # scores are hf's.
+    model, tokenizer = tiny_weights
+    docs = questions[:12]
+    requests = [
+        Instance(
+            "loglikelihood", doc, (render_context(doc["prompt"], SYSTEM_PROMPT, tokenizer), c), i
+        )
+        for doc in docs
+        for i, c in enumerate(continuations(doc["choices"], chat=True))
+    ]
+    lm = make(PrefixSharingLM, tiny_weights, batch_size=4)
+    with ForwardLog(model) as log:
+        ours = lm.loglikelihood(requests, disable_tqdm=True)
+    first, *passes = log.calls
+    (preamble,) = first.sequences()
+    assert SYSTEM_PROMPT in tokenizer.decode(preamble)
+    assert all(call.rows <= 4 for call in passes)
+    rows = [row for call in passes for row in call.tree_prefixes(preamble)]
+    assert len(rows) == len(docs)
+    for call in passes:
+        # Each row is one question's own tokens after the preamble: far narrower than all.
+        assert call.input_ids.shape[1] < max(len(lm._encode_pair(*r.args)[0]) for r in requests)
+    ref = make(HFLM, tiny_weights, batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, ref, strict=True):
+        assert abs(ll - ref_ll) <= ROTATED_TOL and greedy == ref_greedy
+
+
+def test_every_request_truncated_under_a_sliding_window_scores_as_hf(smollm2, questions):
+    # Every request longer than max_length takes hf's truncation path, which leaves nothing
+    # to share: a model with a sliding window used to fail looking for the longest request.
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    config = MistralConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        sliding_window=8,
+        initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    requests = instances(questions[:2])
+    kwargs = {"batch_size": 4, "max_length": 16}
+    ours = make(PrefixSharingLM, (model, tokenizer), **kwargs).loglikelihood(requests)
+    ref = make(HFLM, (model, tokenizer), **kwargs).loglikelihood(requests, disable_tqdm=True)
+    assert ours == ref

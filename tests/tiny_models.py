@@ -68,6 +68,57 @@ CONFIGS = {
     "qwen3": lambda: transformers.Qwen3Config(
         **_SMALL, num_key_value_heads=2, intermediate_size=128, head_dim=16
     ),
+    # The rest of hf-prefix's allow-list (propensity_evals/shared_scoring.py).
+    "mistral": lambda: transformers.MistralConfig(
+        **_SMALL, num_key_value_heads=2, intermediate_size=128, sliding_window=None
+    ),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4),
+    # OPT: learned positions (offset by 2), a projection between embedding and model width.
+    "opt": lambda: transformers.OPTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=128,
+        word_embed_proj_dim=32,
+    ),
+    "gemma": lambda: transformers.GemmaConfig(
+        **_SMALL, num_key_value_heads=2, intermediate_size=128, head_dim=16
+    ),
+    # Gemma 2 and 3: local (sliding-window) layers between global ones, logit soft-capping.
+    "gemma2": lambda: transformers.Gemma2Config(
+        **_SMALL, num_key_value_heads=2, intermediate_size=128, head_dim=16
+    ),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(
+        **_SMALL, num_key_value_heads=2, intermediate_size=128, head_dim=16
+    ),
+    # Phi-2: partial rotary, parallel attention and MLP.
+    "phi": lambda: transformers.PhiConfig(**_SMALL, intermediate_size=128),
+    "phi3": lambda: transformers.Phi3Config(**_SMALL, num_key_value_heads=2, intermediate_size=128),
+}
+# Families hf-prefix must not share prefixes for: their layers are not attention over a
+# masked prefix alone, so a shared row or a padded cache pass gives other numbers.
+UNVERIFIED_CONFIGS = {
+    # GPT-Neo: every other layer attends within a local window of its own mask.
+    "gpt_neo": lambda: transformers.GPTNeoConfig(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        window_size=256,
+        attention_types=[[["global", "local"], 1]],
+    ),
+    # LFM2: short convolutions over the row between attention layers.
+    "lfm2": lambda: transformers.Lfm2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        layer_types=["conv", "full_attention"],
+    ),
+    # Falcon with ALiBi: distance biases instead of rotary positions.
+    "falcon_alibi": lambda: transformers.FalconConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True
+    ),
 }
 INIT_RANGE = 0.5
 
@@ -80,7 +131,7 @@ def save_tiny_model(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
-    config = CONFIGS[family]()
+    config = (CONFIGS | UNVERIFIED_CONFIGS)[family]()
     config.vocab_size = len(tokenizer)
     config.initializer_range = INIT_RANGE
     config.bos_token_id = tokenizer.bos_token_id
