@@ -25,11 +25,13 @@ from lm_eval.models.huggingface import HFLM
 from sqlitedict import SqliteDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig
 
+from propensity_evals import prefix_sharing_lm as ps
 from propensity_evals.option_orders import rotations
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
 from propensity_evals.prompts import continuations, render_context
 from propensity_evals.questions import parse_row, render_prompt
 from propensity_evals.task_docs import build_docs, read_rows
+from propensity_evals.token_trees import build_tree
 from tests.tiny_models import save_tiny_model
 
 # power-seeking-inclination has questions with 3 options, more than a batch of 2 holds.
@@ -749,19 +751,31 @@ def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2,
     assert_same_as_hf_per_context(ours, ref, rotated[-1:])
 
 
-def test_tree_passes_hold_no_more_tokens_than_hfs_rows(rotated_runs, hf, rotated):
-    # Batch size 2: a row holds one question in every order, wider than any of its requests,
-    # so two such rows would hold more tokens than hf's two rows; the budget lets a pass
-    # hold what 2 rows of the longest request hold (a wider row still runs, alone).
-    _, log = rotated_runs("tiny", 2)
-    longest = max(
-        len(ctx) + len(cont) - 1
-        for q in rotated
-        for prompt in q.prompts
-        for ctx, cont in [hf._encode_pair(prompt, " (A)")]
-    )
-    for call in log.calls[1:]:
-        assert call.rows == 1 or call.rows * call.attention_mask.shape[-1] <= 2 * longest
+def test_tree_passes_hold_no_more_tokens_than_hfs_rows():
+    # Four questions of the same size, each in 3 orders (3 contexts sharing a 40-token stem,
+    # 3 options each): a row is their trie, 40 + 3 * 20 context tokens + 9 continuations,
+    # wider than any one request (62 tokens). With 4 rows allowed, hf's pass would hold 4
+    # rows of 62 tokens; the tree passes hold no more tokens than that (2 rows, then 2).
+    clusters = []
+    for q in range(4):
+        stem = tuple(1000 * q + i for i in range(40))
+        contexts = [stem + tuple(100 * o + i for i in range(20)) for o in range(3)]
+        groups = [(ctx, {(5, 6, 7 + k): [0] for k in range(3)}) for ctx in contexts]
+        cluster = ps._cluster(dict(groups))[0]
+        assert len(cluster.groups) == 3
+        cluster.tree = build_tree([(ctx, cont) for ctx, conts in cluster.groups for cont in conts])
+        clusters.append(cluster)
+    longest = clusters[0].longest_request
+    assert longest == 62 and clusters[0].tree.width > longest
+    batches = list(
+        ps._pack(
+            clusters, lambda done, length: 4, lambda c: 1, ps._tree_padding,
+            row_tokens=lambda batch: len(batch) * ps._widest(batch),
+        )
+    )  # fmt: skip
+    assert [len(batch) for batch, _ in batches] == [2, 2]
+    for batch, limit in batches:
+        assert len(batch) * ps._widest(batch) <= limit * longest
 
 
 SYSTEM_PROMPT = "You are a helpful, honest and harmless AI assistant. Answer the question."
