@@ -172,8 +172,10 @@ def run_one(request: JobRequest) -> str:
     if evaluated.fingerprint != run.fingerprint:
         print(f"{run.name}: the eval resolved yet another fingerprint, "
               f"{str(evaluated.fingerprint)[:12]}", flush=True)  # fmt: skip
-    if sweep.runs_to_do([evaluated], request.tasks, request.output_dir):
-        raise EvalFailed(f"{final} is incomplete after publishing")
+    missing = sweep.missing_tasks(evaluated, request.tasks, request.output_dir)
+    if missing:  # e.g. a hub commit that could not be resolved: never taken as complete
+        task, reason = next(iter(missing.items()))
+        raise EvalFailed(f"{final} is published but not complete ({task}: {reason})")
     message = f"{run.name}: complete in {final}"
     print(message, flush=True)
     return message
