@@ -251,16 +251,23 @@ def lm_eval_model_args(model_args: str, extra: list[str]) -> dict:
     merged by lm-eval's own argparse action (later keys win)."""
     from lm_eval._cli.utils import MergeDictAction
 
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = _RaisingParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--model_args", "-a", nargs="+", action=MergeDictAction, default=None)
     argv = ["--model_args", model_args] if model_args else []
     try:
         known, _ = parser.parse_known_args([*argv, *extra])
-    except (ValueError, SystemExit):
+    except (ValueError, argparse.ArgumentError) as error:
         raise LaunchError(
-            "EXTRA_ARGS: --model_args takes key=value pairs, e.g. --model_args peft=/path/adapter"
+            f"EXTRA_ARGS: {error}; write them as --model_args key=value, e.g. peft=/path/adapter"
         ) from None
     return known.model_args or {}
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """Raises instead of printing its usage and exiting: the launcher answers in one line."""
+
+    def error(self, message: str):
+        raise ValueError(message)
 
 
 def model_identity_of(args: argparse.Namespace, model: str) -> dict:
