@@ -482,6 +482,7 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
         raise LaunchError(str(error)) from None
     check_data(tasks)
     check_extra_args(args.extra)
+    lm_eval_model_args(args.model_args, args.extra)  # a malformed one is refused before W&B
     check_backend(args.backend)
     check_attention(args.model_args)
     closure = loglik_chat_closure(args, model)
