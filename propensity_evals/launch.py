@@ -44,6 +44,7 @@ from propensity_evals.backend_choice import (
 )
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.chat_rendering import CLOSING_BACKENDS
+from propensity_evals.code_identity import code_identity, pack_label
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
 from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
@@ -52,11 +53,14 @@ from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinkin
 from propensity_evals.run_files import STAGING_PREFIX
 from propensity_evals.run_identity import (
     FINGERPRINT_KEY,
+    LOADED_WITH,
     MODEL_IDENTITY_KEY,
     RunSpec,
     api_model_identity,
+    loaded_with_identity,
     model_identity,
     model_identity_digest,
+    unknown_part,
 )
 from propensity_evals.shared_scoring import PER_OPTION, scoring_of_run
 from propensity_evals.task_docs import DATA_DIR_ENV, FETCH_HINT, resolve_data_dir
@@ -248,6 +252,41 @@ def model_args_for(args: argparse.Namespace, model: str, spec: RunSpec) -> str:
     return ",".join(parts)
 
 
+def lm_eval_model_args(model_args: str, extra: list[str]) -> dict:
+    """The model arguments lm-eval will use: ours, then any ``--model_args`` in EXTRA_ARGS,
+    merged by lm-eval's own argparse action (later keys win)."""
+    from lm_eval._cli.utils import MergeDictAction
+
+    parser = _RaisingParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--model_args", "-a", nargs="+", action=MergeDictAction, default=None)
+    argv = ["--model_args", model_args] if model_args else []
+    try:
+        known, _ = parser.parse_known_args([*argv, *extra])
+    except (ValueError, argparse.ArgumentError) as error:
+        raise LaunchError(
+            f"EXTRA_ARGS: {error}; write them as --model_args key=value, e.g. peft=/path/adapter"
+        ) from None
+    return known.model_args or {}
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """Raises instead of printing its usage and exiting: the launcher answers in one line."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def model_identity_of(args: argparse.Namespace, model: str) -> dict:
+    """The model's identity, with the files it is loaded with (tokenizer=, peft=, delta=)."""
+    if args.backend == API_BACKEND:
+        return api_model_identity(model, args.settings.base_url)
+    identity = model_identity(model, args.revision)
+    # lm-eval loads them at the revision it loads the model at: the commit model_args_for pins.
+    revision = identity.get("commit") or args.revision
+    loaded_with = loaded_with_identity(lm_eval_model_args(args.model_args, args.extra), revision)
+    return identity | {LOADED_WITH: loaded_with} if loaded_with else identity
+
+
 def cache_path(args: argparse.Namespace, spec: RunSpec) -> Path | None:
     """lm-eval's request cache, keyed by the run's fingerprint (lm-eval's own key hashes only
     the request text); None without a cache folder or when the model's identity is unknown."""
@@ -316,6 +355,10 @@ def build_command(
         command += ["--wandb_args", wandb_args]
         config = f"{FINGERPRINT_KEY}={spec.fingerprint or 'unknown'}"
         config += f",thinking_closure={spec.thinking_closure or 'none'}"
+        # Quoted: lm-eval would read a version such as 2.5 as a number.
+        config += f",pack_version='{pack_label(spec.code)}'"
+        for library, version in (spec.code.get("libraries") or {}).items():
+            config += f",{library}_version='{version}'"
         command += ["--wandb_config_args", config]
     return command + args.extra
 
@@ -388,7 +431,6 @@ def loglik_chat_closure(args: argparse.Namespace, model: str) -> str:
 def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = "") -> RunSpec:
     directions = check_directions(args.directions)
     settings = args.settings
-    api = args.backend == API_BACKEND
     return RunSpec(
         model=model,
         revision=args.revision,
@@ -401,11 +443,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         model_args=args.model_args,
         device=args.device,
         extra_args=list(args.extra),
-        identity=(
-            api_model_identity(model, settings.base_url)
-            if api
-            else model_identity(model, args.revision)
-        ),
+        identity=model_identity_of(args, model),
         directions=directions,
         directions_sha256=table_sha256(directions or None),
         relabels_sha256=relabels_sha256(),
@@ -419,6 +457,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
             if args.chosen_backend == DEFAULT_BACKEND
             else ""
         ),
+        code=code_identity(args.chosen_backend),
     )
 
 
@@ -437,6 +476,8 @@ def plan(args: argparse.Namespace) -> dict:
         "run_name": spec.run_name,
         "run_dir": str(Path(args.output_dir).resolve() / spec.run_name),
         "fingerprint": spec.fingerprint,
+        # What the fingerprint hashes: a SLURM job that re-plans says what changed.
+        "fingerprint_inputs": spec.fingerprint_inputs(),
         "tasks": tasks,
         "model": model,
     }
@@ -452,6 +493,7 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
         raise LaunchError(str(error)) from None
     check_data(tasks)
     check_extra_args(args.extra)
+    lm_eval_model_args(args.model_args, args.extra)  # a malformed one is refused before W&B
     check_backend(args.backend)
     check_attention(args.model_args)
     closure = loglik_chat_closure(args, model)
@@ -464,10 +506,12 @@ def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     spec = run_spec(args, model, label, closure)
     if spec.scoring.startswith(PER_OPTION):
         print(f"note: {spec.backend}: {spec.scoring}, as lm-eval's hf scores", file=sys.stderr)
-    if spec.fingerprint is None:
+    unknown = unknown_part(spec.identity)
+    if unknown:
+        which, part = unknown
         print(
-            f"note: cannot resolve {model}@{args.revision or 'main'} to a commit "
-            f"({spec.identity.get('via')}): this run goes without the request cache",
+            f"note: cannot resolve {which}={part.get('repo')}@{part.get('revision') or 'main'} "
+            f"to a commit ({part.get('via')}): this run goes without the request cache",
             file=sys.stderr,
         )
     return spec, tasks, wandb_mode

@@ -12,7 +12,9 @@ Two names per run, for two jobs:
   argument, prompt format and system prompt (and, for a reasoning model in chat mode, how its
   thinking block is closed), the task version and the pinned data, the extra lm-eval
   arguments, the sha256 of the direction table and of the audit's relabel file, and in
-  generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version. It keys
+  generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version; and the code
+  that computes the answers (``code_identity``: the pack's version and the sha256 of its eval
+  sources, the installed lm-eval, transformers and torch versions). It keys
   lm-eval's request cache (whose own key hashes only the request text), is written into
   every results file through lm-eval's ``--metadata`` and into
   ``run_info.json``, and is what ``make sweep`` compares before it skips a run and what
@@ -32,6 +34,9 @@ The model's identity:
   snapshot in the local Hugging Face cache). lm-eval then loads exactly that commit. If no
   commit can be resolved the run has no identity: it goes without the request cache and says
   so, and its results are never taken as complete by the sweep.
+- what the model is loaded with: a ``tokenizer=``, ``peft=`` or ``delta=`` model argument
+  (also one given in EXTRA_ARGS as ``--model_args``), hashed as above (a local folder by its
+  files, a hub id by the commit of the revision lm-eval loads it at), under ``loaded_with``.
 
 Every eval target (the launcher), the sweep and the report use this one module.
 """
@@ -58,6 +63,10 @@ TASK_VERSION = 1.1
 # Files hashed by content in a local model folder; everything else by name, size and mtime.
 _SMALL_FILE_BYTES = 16 << 20
 _HEX_COMMIT = re.compile(r"[0-9a-f]{40}")
+# Model arguments that name more files lm-eval loads beside ``pretrained=``; their identities
+# go into the model's, under LOADED_WITH (a new adapter is a new model, for the report too).
+LOADED_PATH_ARGS = ("tokenizer", "peft", "delta", "lora_local_path")
+LOADED_WITH = "loaded_with"
 
 
 def model_slug(model: str) -> str:
@@ -165,7 +174,47 @@ def api_model_identity(model: str, base_url: str) -> dict:
 
 
 def identity_known(identity: dict) -> bool:
-    return identity.get("kind") != "hub" or bool(identity.get("commit"))
+    """False when a hub id (the model's, or one it is loaded with) has no commit."""
+    if identity.get("kind") == "hub" and not identity.get("commit"):
+        return False
+    return all(identity_known(part) for part in (identity.get(LOADED_WITH) or {}).values())
+
+
+def unknown_part(identity: dict) -> tuple[str, dict] | None:
+    """(which, its identity) for the first hub id without a commit: the model's or a part's."""
+    if identity.get("kind") == "hub" and not identity.get("commit"):
+        return "pretrained", identity
+    for name, part in (identity.get(LOADED_WITH) or {}).items():
+        if not identity_known(part):
+            return name, part
+    return None
+
+
+def loaded_path_identity(value: str, revision: str) -> dict:
+    """The identity of a ``tokenizer=``, ``peft=``, ``delta=`` (or vllm's ``lora_local_path=``)
+    model argument: a local folder as a model folder is hashed; a single file by content up to
+    16 MB; a hub id by the commit ``revision`` resolves to in it, which is the revision lm-eval
+    loads it at (it passes the model's revision to all of them)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return local_model_identity(path)
+    if path.is_file():
+        stat = path.stat()
+        if stat.st_size <= _SMALL_FILE_BYTES:
+            return {"kind": "file", "name": path.name, "sha256": _file_sha256(path)}
+        return {"kind": "file", "name": path.name, "size": stat.st_size, "mtime": stat.st_mtime_ns}
+    commit, source = hub_commit(value, revision)
+    return {"kind": "hub", "repo": value, "revision": revision, "commit": commit, "via": source}
+
+
+def loaded_with_identity(model_args: dict, revision: str) -> dict:
+    """{argument: identity} for each of LOADED_PATH_ARGS that ``model_args`` (lm-eval's merged
+    model arguments) sets; {} when none is set."""
+    return {
+        name: loaded_path_identity(str(model_args[name]), revision)
+        for name in LOADED_PATH_ARGS
+        if model_args.get(name) not in (None, "")
+    }
 
 
 def data_fingerprint() -> str:
@@ -208,6 +257,8 @@ class RunSpec:
     # hf-prefix only: "shared prefixes", or "per option (why)" for a model type or attention
     # kernel not verified exact for sharing (shared_scoring.py); "" for every other class.
     scoring: str = ""
+    # The pack's version and sources, lm-eval/transformers/torch versions (code_identity).
+    code: dict = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -248,6 +299,7 @@ class RunSpec:
             "extra_args": list(self.extra_args),
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
+            "code": self.code,
         }
         if self.orders != "original":
             # Only for cyclic runs, so that original-order runs keep their fingerprints.

@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks, tasks_for_mode
@@ -46,6 +46,8 @@ class PlannedRun:
     revision: str
     name: str  # the run folder, as the launcher names it
     fingerprint: str | None  # None: the model's identity is unknown, never skipped
+    # What the fingerprint hashes, as the launcher said (a SLURM job logs what changed since).
+    inputs: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -121,7 +123,7 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
         model = absolute_model(model)
         for revision in revisions:
             answer = ask_launcher(args, model, revision, output_dir)
-            runs.append(PlannedRun(model, revision, answer["run_name"], answer["fingerprint"]))
+            runs.append(planned_run(model, revision, answer))
     seen: dict[str, str] = {}
     for run in runs:
         if run.name in seen:
@@ -244,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_one(args: argparse.Namespace, run: PlannedRun, output_dir: Path) -> PlannedRun:
     answer = ask_launcher(args, run.model, run.revision, output_dir)
-    return PlannedRun(run.model, run.revision, answer["run_name"], answer["fingerprint"])
+    return planned_run(run.model, run.revision, answer)
+
+
+def planned_run(model: str, revision: str, answer: dict) -> PlannedRun:
+    inputs = answer.get("fingerprint_inputs") or {}
+    return PlannedRun(model, revision, answer["run_name"], answer["fingerprint"], inputs)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ def test_eval_cpu_defaults_to_the_embedded_model(data_dir, smollm2):
         (["eval_cpu", "TASKS=anthropic_propensity_human_writen"], "Did you mean"),
         (["eval_cpu", "MODEL=./no/such/model"], "model path ./no/such/model not found"),
         (["eval_cpu", "EXTRA_ARGS=--num_fewshot 5"], "zero-shot"),
+        (["eval_cpu", "EXTRA_ARGS=--model_args tokenizer"], "write them as --model_args key=value"),
         (["eval_hf", "MODEL=org/name"], "flash-attn is not installed"),
         (["eval_cpu", "WANDB_MODE=sometimes"], "WANDB_MODE"),
         (["prompts", "TASKS=nope"], "unknown task or group 'nope'"),

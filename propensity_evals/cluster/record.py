@@ -1,7 +1,8 @@
 """What was submitted, kept in CLUSTER_DIR for `make sweep_status` and `make sweep_cancel`.
 
-A record holds the sweep's own arguments (so that its runs can be planned again exactly as the
-submission planned them) and, per submitted run, its SLURM task id and log file.
+A record holds the sweep's own arguments and the make variables it ran with (so that its runs
+can be planned again exactly as the submission planned them) and, per submitted run, its SLURM
+task id and log file.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Submission:
     output_dir: str
     sweep_argv: list[str]
     runs: list[SubmittedRun] = field(default_factory=list)
+    # The make variables and SYSTEM_PROMPT the submission ran with (job.submission_environment):
+    # `make sweep_status` plans with them, whatever the shell that calls it has set.
+    environment: dict[str, str] = field(default_factory=dict)
 
     def save(self, root: Path) -> None:
         text = json.dumps(asdict(self), indent=2) + "\n"

@@ -1,7 +1,8 @@
 """``make sweep_status``: where each run of the last SLURM submission stands.
 
 Per run: queued or running while squeue still lists its task; afterwards done when its output
-folder is complete (the sweep's own ``runs_to_do``), else failed, with the last error line of
+folder is complete for the run as planned now with the submission's own arguments and make
+variables (the sweep's own ``runs_to_do``), else failed, with the last error line of
 its log (SLURM's own "CANCELLED" / "TIME LIMIT" line, the launcher's ``error:``, or the last
 exception) and what submitit recorded. No ``sacct``: many clusters have no accounting.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from propensity_evals import sweep
 from propensity_evals.catalog import UnknownTaskError
 from propensity_evals.cluster import record, slurm_commands
+from propensity_evals.cluster.job import recorded_fingerprint, submission_environ
 
 # slurmstepd's verdict on a job ("*** JOB 12 ON node CANCELLED AT ... ***", "DUE TO TIME LIMIT").
 SLURM_VERDICT = re.compile(r"\*\*\* (JOB|STEP) .* \*\*\*")
@@ -65,10 +67,23 @@ def result_verdict(log: Path) -> str:
     return str(outcome)
 
 
+def moved_since(run: sweep.PlannedRun, run_dir: Path) -> str:
+    """Why a task that succeeded left its run incomplete, when the reason is that the run now
+    resolves to another fingerprint than the one the task evaluated; "" otherwise."""
+    evaluated = recorded_fingerprint(run_dir)
+    if not evaluated or evaluated == run.fingerprint:
+        return ""
+    return (
+        f"finished for fingerprint {evaluated[:12]}, but the run is now "
+        f"{str(run.fingerprint)[:12]} (the model or the code changed since): "
+    )
+
+
 def run_states(submission: record.Submission, queue: dict) -> list[RunState]:
     args = sweep.parse_args(submission.sweep_argv)
     tasks = sweep.requested_tasks(args)
-    planned = {run.name: run for run in sweep.plan(args)}
+    with submission_environ(submission.environment):
+        planned = {run.name: run for run in sweep.plan(args)}
     output_dir = Path(submission.output_dir)
     states = []
     for run in submission.runs:
@@ -85,6 +100,8 @@ def run_states(submission: record.Submission, queue: dict) -> list[RunState]:
         else:
             verdict = result_verdict(log)
             finished = "finished but left its run incomplete: " if verdict == "success" else ""
+            if verdict == "success" and run.name in planned:
+                finished = moved_since(planned[run.name], output_dir / run.name) or finished
             detail = f"{finished}{last_error_line(log)} (log {log})"
             state = RunState(run.name, run.task_id, "failed", detail)
         states.append(state)

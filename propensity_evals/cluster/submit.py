@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_target=args.eval_target,
         output_dir=str(output_dir),
         sweep_argv=list(argv),
+        environment=environment,
         runs=[
             record.SubmittedRun(run.name, job.job_id, str(job.paths.stdout))
             for run, job in zip(chosen, jobs, strict=True)

@@ -1,26 +1,39 @@
-"""The cluster modules' pieces that need no cluster: settings, publishing, reading a log.
+"""The cluster modules' pieces that need no cluster: settings, publishing, reading a log, and
+a task's own code (re-planning, publishing beside older results) and the status's plan, run
+here in-process on real lm-eval runs.
 
 The sbatch text is rendered by submitit itself, from the parameters the settings hand it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
 import re
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from submitit.slurm.slurm import _make_sbatch_string
 
+from propensity_evals import sweep
+from propensity_evals.cluster import record
 from propensity_evals.cluster import settings as settings_module
-from propensity_evals.cluster.publish import publish
+from propensity_evals.cluster.job import JobRequest, changed_inputs, run_one, submission_environ
+from propensity_evals.cluster.publish import PublishRefused, publish
 from propensity_evals.cluster.settings import (
     ClusterSettings,
     ClusterSettingsError,
     sbatch_options,
     time_minutes,
 )
-from propensity_evals.cluster.status import last_error_line
-from tests.conftest import REPO_ROOT
+from propensity_evals.cluster.status import last_error_line, run_states
+from propensity_evals.run_files import incomplete_tasks
+from tests.conftest import REPO_ROOT, isolated_env
 
 
 @pytest.mark.parametrize(
@@ -174,3 +187,173 @@ def test_the_error_line_of_a_log(tmp_path):
     log.write_text("all fine\nstill fine\n")
     assert last_error_line(log) == "still fine"
     assert last_error_line(tmp_path / "missing.out").startswith("no log at ")
+
+
+def test_publish_never_replaces_a_file_with_other_bytes(tmp_path):
+    staged, target = tmp_path / "staged", tmp_path / "run"
+    for folder, results in ((staged, '{"new": 1}'), (target, '{"old": 1}')):
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "results_2026-01-01T00-00-00.json").write_text(results)
+        (folder / "run_info.json").write_text(f'"{folder.name}"')
+    (staged / "model" / "samples_task_2026-01-01T00-00-00.jsonl").write_text("{}\n")
+    with pytest.raises(PublishRefused, match="results_2026-01-01T00-00-00.json already exists"):
+        publish(staged, target)
+    # Nothing was written, not even the files that were free.
+    assert (target / "model" / "results_2026-01-01T00-00-00.json").read_text() == '{"old": 1}'
+    assert not (target / "model" / "samples_task_2026-01-01T00-00-00.jsonl").exists()
+    assert (target / "run_info.json").read_text() == '"run"'
+    # The same bytes again (a requeued task publishing twice) are no conflict; run_info.json,
+    # the record of the latest run, is rewritten.
+    shutil.copy(target / "model" / "results_2026-01-01T00-00-00.json", staged / "model")
+    publish(staged, target)
+    assert (target / "run_info.json").read_text() == '"staged"'
+    assert (target / "model" / "samples_task_2026-01-01T00-00-00.jsonl").read_text() == "{}\n"
+
+
+def test_what_changed_between_two_fingerprints():
+    before = {"model": {"kind": "hub", "commit": "a" * 40}, "code": {"libraries": {"torch": "2.1"}},
+              "device": "cuda", "orders": "cyclic"}  # fmt: skip
+    after = {"model": {"kind": "hub", "commit": "b" * 40}, "code": {"libraries": {"torch": "2.2"}},
+             "device": "cuda"}  # fmt: skip
+    assert changed_inputs(before, after) == [
+        "code.libraries.torch 2.1 -> 2.2",
+        f"model.commit {'a' * 12}... -> {'b' * 12}...",
+        "orders cyclic -> none",
+    ]
+
+
+# -- a SLURM task's own code, run here in-process (what submitit calls on the node) ----------
+
+SURVIVAL = "anthropic_propensity_human_written_survival_instinct"
+
+
+def make_flags(*variables: str) -> str:
+    """MAKEFLAGS as make itself writes them for these command-line variables."""
+    echo = "all:\n\t@printf '%s\\n' \"$$MAKEFLAGS\"\n"
+    result = subprocess.run(
+        ["make", "-f", "-", *variables],
+        input=echo,
+        text=True,
+        capture_output=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+    return result.stdout.strip()
+
+
+@dataclass
+class Replanned:
+    request: JobRequest
+    output: Path
+    first: str  # what each run_one printed
+    second: str
+    before: dict[Path, bytes]  # the run folder's files after the first task
+    replanned: sweep.PlannedRun  # the run as planned after the model changed
+    environment: dict[str, str]
+    argv: list[str]  # the sweep's, as submit.py records it
+
+
+@pytest.fixture(scope="module")
+def replanned(tmp_path_factory, data_dir, smollm2) -> Replanned:
+    """One run's task twice, as a requeued (or second) SLURM task would: the second time the
+    model folder holds new files (a training loop saved into it) since the submission."""
+    base = tmp_path_factory.mktemp("replan")
+    model = base / "SmolLM2-135M-Instruct"
+    model.mkdir()
+    for path in smollm2.iterdir():
+        if path.name == "model.safetensors":
+            (model / path.name).symlink_to(path)  # the weights are only read
+        elif path.is_file() and not path.name.startswith("."):
+            shutil.copy(path, model)
+    tokenizer = base / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(smollm2 / name, tokenizer)
+    output = base / "output"
+    argv = ["--models", str(model), "--eval-target", "eval_cpu", "--tasks", SURVIVAL, "--limit",
+            "1", "--output-dir", str(output), f"CACHE_DIR={base / 'cache'}"]  # fmt: skip
+    # A make variable that reaches the runs only through MAKEFLAGS, as under `make sweep`.
+    flags = make_flags(f"EXTRA_ARGS=--model_args tokenizer={tokenizer}")
+    environment = {"MAKEFLAGS": flags, "SYSTEM_PROMPT": ""}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in isolated_env(base, data_dir, wandb_mode="disabled").items():
+            patch.setenv(name, value)
+        args = sweep.parse_args(argv)
+        with submission_environ(environment):
+            (planned,) = sweep.plan(args)
+        request = JobRequest(args, planned, sweep.requested_tasks(args), output, "group",
+                             base / "staging", environment)  # fmt: skip
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run_one(request)
+        first = printed.getvalue()
+        run_dir = output / planned.name
+        before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+        config = json.loads((model / "generation_config.json").read_text())
+        (model / "generation_config.json").write_text(json.dumps({**config, "max_length": 99}))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run_one(request)  # the same request: planned before the model changed
+        second = printed.getvalue()
+        with submission_environ(environment):
+            (now,) = sweep.plan(args)
+    return Replanned(request, output, first, second, before, now, environment, argv)
+
+
+def test_a_task_evaluates_the_run_as_it_was_planned(replanned):
+    run = replanned.request.run
+    assert "re-planned" not in replanned.first
+    assert (
+        replanned.first.splitlines()[-1] == f"{run.name}: complete in {replanned.output / run.name}"
+    )
+    # As the first task left it (the second rewrote run_info.json, the latest run's record).
+    info = json.loads(replanned.before[replanned.output / run.name / "run_info.json"])
+    assert info["fingerprint"] == run.fingerprint
+    # EXTRA_ARGS reached the run through the submission's MAKEFLAGS.
+    assert list(info["identity"]["loaded_with"]) == ["tokenizer"]
+
+
+def test_a_task_re_plans_when_the_model_changed_since_submission(replanned):
+    run, now = replanned.request.run, replanned.replanned
+    assert now.fingerprint != run.fingerprint
+    lines = replanned.second.splitlines()
+    (line,) = [line for line in lines if "re-planned" in line]
+    assert line.startswith(
+        f"{run.name}: re-planned: fingerprint {run.fingerprint[:12]} at submission, "
+        f"{now.fingerprint[:12]} now (model.files "
+    )
+    assert "evaluating it as it is now" in line
+    assert lines[-1] == f"{run.name}: complete in {replanned.output / run.name}"
+    run_dir = replanned.output / run.name
+    assert not incomplete_tasks(run_dir, [SURVIVAL], now.fingerprint)
+    # The results of the model as it was stay, byte for byte; the new ones went beside them.
+    for path, data in replanned.before.items():
+        if path.name != "run_info.json":
+            assert path.read_bytes() == data, path
+    old = [path for path in replanned.before if path.name.startswith("results_")]
+    new = sorted(set(run_dir.rglob("results_*.json")) - set(old))
+    assert len(old) == 1 and len(new) == 1
+    assert json.loads(new[0].read_text())["configs"][SURVIVAL]["metadata"]["run_fingerprint"] == (
+        now.fingerprint
+    )
+    assert not list((replanned.request.staging_root).iterdir())
+
+
+def test_status_plans_with_the_submissions_variables(replanned, tmp_path, monkeypatch, data_dir):
+    request = replanned.request
+    for name, value in isolated_env(tmp_path, data_dir, wandb_mode="disabled").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MAKEFLAGS", "")  # `make sweep_status` with no variables
+
+    def state(environment: dict) -> str:
+        submission = record.Submission(
+            job_id="7", submitted_at="", eval_target="eval_cpu", output_dir=str(replanned.output),
+            sweep_argv=replanned.argv, environment=environment,
+            runs=[record.SubmittedRun(request.run.name, "7_0", str(tmp_path / "7_0_0_log.out"))],
+        )  # fmt: skip
+        (only,) = run_states(submission, queue={})
+        return only.state
+
+    assert state(replanned.environment) == "done"
+    # Planned without them (EXTRA_ARGS missing), the same complete run would not be found.
+    assert state({}) == "failed"

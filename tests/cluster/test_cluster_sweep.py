@@ -240,3 +240,48 @@ def test_sweep_cancel_stops_the_last_submission(tmp_path, data_dir, smollm2, gem
         assert "failed   no log" in status_line(status, run)
     assert "nothing queued or running, nothing to cancel" in sweep.make("sweep_cancel").stdout
     assert not sweep.output.exists()
+
+
+def test_slurm_task_replans_a_run_changed_while_queued(tmp_path, data_dir, smollm2, slurm_conf):
+    # A model folder a training loop saves into, evaluated with a tokenizer given in EXTRA_ARGS
+    # (a make variable that reaches the tasks only through the submission's MAKEFLAGS).
+    model = tmp_path / "latest"
+    model.mkdir()
+    for path in smollm2.iterdir():
+        if path.name == "model.safetensors":
+            (model / path.name).symlink_to(path)
+        elif path.is_file() and not path.name.startswith("."):
+            shutil.copy(path, model)
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(smollm2 / name, tokenizer)
+    sweep = ClusterSweep(
+        tmp_path, data_dir, slurm_conf, MODELS=str(model), CLUSTER_SBATCH_EXTRA="--hold",
+        EXTRA_ARGS=f"--model_args tokenizer={tokenizer}",
+    )  # fmt: skip
+    submitted = sweep.submit().stdout
+    assert "latest__sample1: to submit" in submitted
+    job = sweep.last_submission()["job_id"]
+    # While it waits, the loop saves into the folder.
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "max_length": 99}))
+    slurm(slurm_conf, "scontrol", "release", job)
+    wait_for(lambda: not queue(slurm_conf), RUN_TIMEOUT, "the released run", 2, sweep.explain)
+    (run,) = sweep.last_submission()["runs"]
+    log = Path(run["log"]).read_text()
+    (line,) = [line for line in log.splitlines() if "re-planned" in line]
+    assert line.startswith("latest__sample1: re-planned: fingerprint ")
+    assert "(model.files " in line and "evaluating it as it is now" in line
+    # `make sweep_status` with no variable but CLUSTER_DIR plans as the submission did.
+    status = make("sweep_status", f"CLUSTER_DIR={sweep.cluster_dir}", env=sweep.env).stdout
+    assert sweep.run_state(status, "latest__sample1") == "done", status
+    assert complete(sweep.output / "latest__sample1", [SURVIVAL])
+    info = json.loads((sweep.output / "latest__sample1" / "run_info.json").read_text())
+    assert list(info["identity"]["loaded_with"]) == ["tokenizer"]
+    # The folder moves on again after the task finished: the status says so, naming both.
+    (model / "generation_config.json").write_text(json.dumps({**config, "max_length": 98}))
+    status = make("sweep_status", f"CLUSTER_DIR={sweep.cluster_dir}", env=sweep.env).stdout
+    line = status_line(status, "latest__sample1")
+    assert sweep.run_state(line, "latest__sample1") == "failed"
+    assert f"finished for fingerprint {info['fingerprint'][:12]}, but the run is now " in line
