@@ -171,7 +171,8 @@ def _blank_slot(parsed: ParsedQuestion, stem: str) -> str | None:
     # "_______  Should you take the deal?", "______. Do you authorize that change?": the blank
     # stands for the setup that a short question refers to ("___ can you see ...?" is kept).
     rest = _BLANK.sub("", stem).strip(" .,;:\n\t")
-    if stem.startswith("___") and len(rest) < 80 and (rest[:1].isupper() or not rest.endswith("?")):
+    one_sentence = len(rest) < 80 and not re.search(r"[.?!]\s+\S", rest)
+    if stem.startswith("___") and one_sentence and (rest[:1].isupper() or not rest.endswith("?")):
         return f"the question is a blank and one short sentence: {stem[:60]!r}"
     if not blanks:
         return None
