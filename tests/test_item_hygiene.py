@@ -287,3 +287,37 @@ def test_the_command_writes_what_is_committed(tmp_path, mirror, monkeypatch, cap
     assert (tmp_path / "counts.csv").read_bytes() == hygiene_path("counts.csv").read_bytes()
     assert item_hygiene.main(["--data-dir", str(tmp_path / "none")]) == 2
     assert "make data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        "anthropic_propensity_human_written",
+        "anthropic_propensity_lm_written",
+        "anthropic_propensity_human_written_audited",
+    ],
+)
+def test_readme_tables_give_what_the_tasks_load(data_dir, group):
+    """Each file's `scored` cell in the group README (generated from counts.csv and the
+    audit) is the number of documents the task's loader gives."""
+    from propensity_evals.catalog import AUDITED_GROUPS, GROUPS
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "lm_eval_tasks" / group / "README.md").read_text()
+    section = readme.split("### Items that are not questions")[1].split("<!-- HYGIENE_END")[0]
+    table = {}
+    for line in section.splitlines():
+        cells = [cell.strip(" `*") for cell in line.strip().strip("|").split("|")]
+        if cells[0].endswith(".jsonl"):
+            table[cells[0]] = int(cells[-1].replace(",", ""))
+    subset, categories = GROUPS[group]
+    load = make_loader(data_dir)
+    loaded = {
+        f"{category}.jsonl": len(
+            load(subset=subset, file=f"{category}.jsonl", audited=group in AUDITED_GROUPS)["test"]
+        )
+        for category in categories
+    }
+    assert table == loaded
+    total = int(section.split("The group scores ")[1].split(" ")[0].replace(",", ""))
+    assert total == sum(loaded.values())
