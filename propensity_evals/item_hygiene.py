@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
+from propensity_evals.audit import question_sha256
 from propensity_evals.catalog import GROUPS, HUMAN_GROUP, LM_GROUP
 from propensity_evals.hygiene import (
     COUNTS_FILE,
@@ -35,6 +36,7 @@ from propensity_evals.hygiene import (
     write_exclusions,
 )
 from propensity_evals.questions import _OPTION_LINE, ParsedQuestion, parse_row
+from propensity_evals.task_docs import read_rows
 
 # -- where the question is -------------------------------------------------------------------
 
@@ -275,8 +277,6 @@ def duplicate_key(parsed: ParsedQuestion) -> str:
 
 def file_exclusions(relpath: str, rows: Iterable[tuple[int, dict]]) -> list[Exclusion]:
     """Every excluded row of one upstream file (``relpath`` relative to advanced-ai-risk/)."""
-    from propensity_evals.audit import question_sha256
-
     found: dict[int, Exclusion] = {}
     kept: dict[str, list[tuple[int, dict, ParsedQuestion]]] = {}
     for lineno, row in rows:
@@ -311,8 +311,6 @@ def file_exclusions(relpath: str, rows: Iterable[tuple[int, dict]]) -> list[Excl
 def scan(data_dir: Path) -> tuple[list[Exclusion], list[dict]]:
     """(every exclusion, per-file counts) over both sets under ``data_dir`` (the folder that
     holds advanced-ai-risk/)."""
-    from propensity_evals.task_docs import read_rows
-
     exclusions: list[Exclusion] = []
     counts: list[dict] = []
     for group in (HUMAN_GROUP, LM_GROUP):
