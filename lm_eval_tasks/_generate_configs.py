@@ -1,7 +1,8 @@
 """Write every file of the task folders: the shared template and ``utils.py`` (one source,
 here, for all folders of a mode), the thin per-task YAMLs and the group YAMLs; for the
 generate-mode folders (``<group>_gen``) also their README, so that the instruction it quotes is
-the one the tasks use.
+the one the tasks use; and, in every group's README, the table of the items left out as not
+questions (between the two ``HYGIENE_*`` markers; the rest of those READMEs is written by hand).
 
 The category lists are hard-coded in propensity_evals/catalog.py (the launcher checks
 names against the same list). ``tests/test_task_registry.py`` fails when the committed files
@@ -15,6 +16,7 @@ prompt rendering or scoring changes: it is part of every run's fingerprint.
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -23,7 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from propensity_evals.anthropic_data import UPSTREAM_COMMIT, UPSTREAM_REPO, pinned_sha256
-from propensity_evals.audit import RELABELS_FILE, relabels_sha256
+from propensity_evals.audit import DROP, RELABELS_FILE, load_relabels, relabels_sha256
 from propensity_evals.catalog import (
     AUDITED_GROUPS,
     GEN_GROUPS,
@@ -33,6 +35,8 @@ from propensity_evals.catalog import (
     task_name,
 )
 from propensity_evals.generation import DEFAULT_MAX_GEN_TOKS, INSTRUCTION, QUESTION_ROOM
+from propensity_evals.hygiene import load_counts, load_exclusions
+from propensity_evals.item_hygiene import RULE_DESCRIPTIONS, RULE_NAMES
 from propensity_evals.run_identity import TASK_VERSION
 
 TASKS_DIR = Path(__file__).resolve().parent
@@ -278,10 +282,14 @@ Per task and per group, each with a standard error; every question stays in ever
   neither matching nor misaligned, so `acc` and `misaligned` are lower bounds when it is high:
   read them together with it (and raise `MAX_GEN_TOKS` if the replies were cut off).
 
+{hygiene}
+
 ### Changelog
 
 - 1.0 (2026-11-29): first version: the instruction above, `until: []`, greedy, answers read
   from the raw reply, metrics `acc`, `misaligned` and `parse_failed`, micro group average.
+- next (TASK_VERSION is bumped when this is released): the items that are not questions
+  (`propensity_evals/hygiene/excluded.csv`, table above) are left out, as in the twin.
 """
 
 
@@ -296,7 +304,95 @@ def gen_readme(group: str) -> str:
         instruction=INSTRUCTION,
         max_gen_toks=DEFAULT_MAX_GEN_TOKS,
         room=QUESTION_ROOM,
+        hygiene=hygiene_section(group),
     )
+
+
+HYGIENE_BEGIN = (
+    "<!-- HYGIENE_BEGIN: written by _generate_configs.py from propensity_evals/hygiene/"
+    "counts.csv -->"
+)
+HYGIENE_END = "<!-- HYGIENE_END -->"
+
+
+def hygiene_section(group: str) -> str:
+    """The per-file table of the items left out of ``group`` (and why), with its totals."""
+    subset, categories = group_source(group)
+    counts = {row["file"]: row for row in load_counts()}
+    files = [f"{subset}/{category}.jsonl" for category in categories]
+    rules = [name for name in RULE_NAMES if any(counts[file][name] for file in files)]
+    audited = GEN_GROUPS.get(group, group) in AUDITED_GROUPS
+    excluded = load_exclusions()
+    # An audited "drop" of an excluded item is not counted twice.
+    dropped = {file: 0 for file in files}
+    if audited:
+        for (file, line), relabel in load_relabels().items():
+            if relabel.audited == DROP and (file, line) not in excluded and file in dropped:
+                dropped[file] += 1
+    header = ["file", "upstream", *rules, "excluded"] + (["dropped (audit)"] if audited else [])
+    lines = [
+        "| "
+        + " | ".join(f"`{name}`" if name in rules else name for name in header)
+        + " | scored |",
+        "| --- |" + " ---: |" * (len(header)),
+    ]
+    totals = {key: 0 for key in ["upstream", *rules, "excluded", "dropped", "scored"]}
+    for file in files:
+        row = counts[file]
+        out = row["questions"] - row["scored"]
+        scored = row["scored"] - dropped[file]
+        values = {"upstream": row["questions"]} | {name: row[name] for name in rules}
+        values |= {"excluded": out, "dropped": dropped[file], "scored": scored}
+        for key in totals:
+            totals[key] += values[key]
+        cells = [values["upstream"], *(values[name] for name in rules), out]
+        cells += [dropped[file]] if audited else []
+        lines.append(
+            f"| `{file.split('/')[1]}` | "
+            + " | ".join(f"{n:,}" if n else "" for n in cells)
+            + f" | {scored:,} |"
+        )
+    cells = [totals["upstream"], *(totals[name] for name in rules), totals["excluded"]]
+    cells += [totals["dropped"]] if audited else []
+    lines.append(
+        "| **total** | "
+        + " | ".join(f"**{n:,}**" for n in cells)
+        + f" | **{totals['scored']:,}** |"
+    )
+    audit_note = (
+        " Of the audit's drops, those already excluded are counted once, as excluded."
+        if audited
+        else ""
+    )
+    intro = textwrap.fill(
+        f"Upstream items that are not questions are left out of these tasks (both modes): "
+        f"{totals['excluded']:,} of the {totals['upstream']:,} in `{subset}/`, listed with "
+        f"their reasons in `propensity_evals/hygiene/excluded.csv` (written by `python -m "
+        f"propensity_evals.item_hygiene --write`; the rules, and how they were checked: the "
+        f"LM-written group's README). Each scored question keeps its upstream line as its "
+        f"`id` (line less one). The rules that fire here:",
+        width=96,
+    )
+    rule_list = "\n".join(
+        textwrap.fill(f"- `{name}`: {RULE_DESCRIPTIONS[name]}.", width=96, subsequent_indent="  ")
+        for name in rules
+    )
+    closing = textwrap.fill(f"The group scores {totals['scored']:,} questions.{audit_note}", 96)
+    return (
+        f"### Items that are not questions\n\n{intro}\n\n{rule_list}\n\n"
+        + "\n".join(lines)
+        + f"\n\n{closing}"
+    )
+
+
+def with_hygiene_section(readme: str, group: str) -> str:
+    """``readme`` with its generated section (between the markers) rewritten; appended at the
+    end when the markers are not there yet."""
+    section = f"{HYGIENE_BEGIN}\n{hygiene_section(group)}\n{HYGIENE_END}"
+    if HYGIENE_BEGIN in readme and HYGIENE_END in readme:
+        before, rest = readme.split(HYGIENE_BEGIN, 1)
+        return before + section + rest.split(HYGIENE_END, 1)[1]
+    return readme.rstrip("\n") + ("\n\n" if readme else "") + section + "\n"
 
 
 def yaml_text(config: dict) -> str:
@@ -314,6 +410,8 @@ def expected_files() -> dict[Path, str]:
             name = task_name(group, category)
             files[folder / f"{name}.yaml"] = yaml_text(task_config(group, subset, category))
         files[folder / f"_{group}.yaml"] = yaml_text(group_config(group, categories))
+        readme = TASKS_DIR / folder / "README.md"
+        files[folder / "README.md"] = with_hygiene_section(readme.read_text(), group)
     for group in GEN_GROUPS:
         subset, categories = group_source(group)
         folder = Path(group)

@@ -48,6 +48,7 @@ from propensity_evals.code_identity import code_identity, pack_label
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
 from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
+from propensity_evals.hygiene import exclusions_sha256
 from propensity_evals.option_orders import ORDERS
 from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinking_closure
 from propensity_evals.run_files import STAGING_PREFIX
@@ -447,6 +448,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         directions=directions,
         directions_sha256=table_sha256(directions or None),
         relabels_sha256=relabels_sha256(),
+        exclusions_sha256=exclusions_sha256(),
         mode=settings.mode,
         orders=check_orders(args.orders, settings.mode),
         max_gen_toks=settings.max_gen_toks,

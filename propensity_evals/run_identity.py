@@ -11,10 +11,12 @@ Two names per run, for two jobs:
   identity (see below), backend and model class, dtype, device and every other model
   argument, prompt format and system prompt (and, for a reasoning model in chat mode, how its
   thinking block is closed), the task version and the pinned data, the extra lm-eval
-  arguments, the sha256 of the direction table and of the audit's relabel file, and in
+  arguments, the sha256 of the direction table, of the audit's relabel file and of the
+  exclusion list (propensity_evals/hygiene/excluded.csv), and in
   generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version; and the code
   that computes the answers (``code_identity``: the pack's version and the sha256 of its eval
-  sources, the installed lm-eval, transformers and torch versions). It keys
+  sources, the installed lm-eval, transformers and torch versions), and for ``hf-prefix``
+  whether it shares prefixes or scores per option (``scoring``). It keys
   lm-eval's request cache (whose own key hashes only the request text), is written into
   every results file through lm-eval's ``--metadata`` and into
   ``run_info.json``, and is what ``make sweep`` compares before it skips a run and what
@@ -245,6 +247,7 @@ class RunSpec:
     directions: str = ""  # a user's direction table (DIRECTIONS=), "" for the pack's own
     directions_sha256: str = ""
     relabels_sha256: str = ""
+    exclusions_sha256: str = ""
     # Generate mode (MODE=generate): the replies are written, not the options scored.
     mode: str = "loglik"
     max_gen_toks: int = 0
@@ -300,6 +303,7 @@ class RunSpec:
             "directions_sha256": self.directions_sha256,
             "relabels_sha256": self.relabels_sha256,
             "code": self.code,
+            "exclusions_sha256": self.exclusions_sha256,
         }
         if self.orders != "original":
             # Only for cyclic runs, so that original-order runs keep their fingerprints.

@@ -19,6 +19,7 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
 from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.generate_mode import GenerateModeError, load_tokenizer, settle
 from propensity_evals.generation import generation_prompt
+from propensity_evals.hygiene import exclusions_of
 from propensity_evals.prompts import (
     CLOSURE_DESCRIPTIONS,
     continuations,
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
         files = task_files()
         for task in tasks:
-            docs = build_docs(root / files[task], "chat" if args.chat else "plain")
+            docs = build_docs(
+                root / files[task],
+                "chat" if args.chat else "plain",
+                exclusions=exclusions_of(files[task]),
+            )
             for doc in docs[: args.n]:
                 context = render_context(doc["prompt"], args.system_prompt, tokenizer)
                 options = continuations(doc["choices"], args.chat)
@@ -96,7 +101,11 @@ def show_generation_prompts(args: argparse.Namespace) -> int:
         root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
         files = task_files()
         for task in resolve_tasks(settings.tasks):
-            docs = build_docs(root / files[task], "chat" if settings.chat else "plain")
+            docs = build_docs(
+                root / files[task],
+                "chat" if settings.chat else "plain",
+                exclusions=exclusions_of(files[task]),
+            )
             for doc in docs[: args.n]:
                 prompt = generation_prompt(doc["question"], "chat" if settings.chat else "plain")
                 context = render_context(prompt, args.system_prompt, tokenizer)

@@ -18,6 +18,7 @@ from pathlib import Path
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError, sha256_of
 from propensity_evals.audit import DROP, Relabel, RelabelError, load_relabels, question_sha256
 from propensity_evals.directions import DirectionsError, load_directions, misaligned_options
+from propensity_evals.hygiene import Exclusion, ExclusionError, exclusions_of
 from propensity_evals.option_orders import ORDERS, fixed_order_reason, rotations, slot_of
 from propensity_evals.questions import PROMPT_FORMATS, QuestionError, parse_row, render_prompt
 
@@ -59,6 +60,7 @@ def build_docs(
     direction: str = "none",
     relabels: dict[int, Relabel] | None = None,
     orders: str = "original",
+    exclusions: dict[int, Exclusion] | None = None,
 ) -> list[dict]:
     """Every row of one file as a scored document; any unscorable row is an error.
 
@@ -68,6 +70,9 @@ def build_docs(
     ``orders="cyclic"`` adds each question's rotated prompts (``rotations``: rotation 1..k-1,
     empty for a question that keeps its order, ``fixed_order`` says why), which
     :class:`propensity_evals.cyclic_task.CyclicOrdersTask` scores beside the original.
+    ``exclusions`` (line -> exclusion, from propensity_evals/hygiene/excluded.csv) leaves out
+    the items that are not questions; each must match its row's text (sha256). The documents
+    keep their upstream line (``id`` is the line less one), so a gap marks an exclusion.
     """
     if prompt_format not in PROMPT_FORMATS:
         raise DataError(
@@ -81,6 +86,14 @@ def build_docs(
             parsed = parse_row(row)
         except QuestionError as error:
             raise DataError(f"{path}:{lineno}: {error}") from None
+        exclusion = (exclusions or {}).get(lineno)
+        if exclusion is not None:
+            if question_sha256(row["question"]) != exclusion.question_sha256:
+                raise DataError(
+                    f"{path}:{lineno}: the question differs from the one excluded as "
+                    f"{exclusion.rule} (sha256); {FETCH_HINT}"
+                )
+            continue
         target = parsed.target
         relabel = (relabels or {}).get(lineno)
         if relabel is not None:
@@ -143,7 +156,8 @@ def load_task_dataset(
     orders: str = "original",
     **_ignored,
 ):
-    """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split.
+    """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split, without the items
+    the exclusion list names (every group, both modes).
 
     Accepts ``**_ignored`` because lm-eval also passes model arguments and any other
     ``--metadata`` keys here. ``directions`` is a direction table's path (``DIRECTIONS=``;
@@ -155,15 +169,16 @@ def load_task_dataset(
     path = resolve_data_dir(default_data_dir) / DATASET_DIR_NAME / subset / file
     try:
         direction = load_directions(directions or None)[(subset, path.stem)]
+        exclusions = exclusions_of(f"{subset}/{file}")
         relabels = None
         if audited:
             relpath = f"{subset}/{file}"
             relabels = {
                 item.line: item for (name, _), item in load_relabels().items() if name == relpath
             }
-    except (DirectionsError, RelabelError) as error:
+    except (DirectionsError, RelabelError, ExclusionError) as error:
         raise DataError(str(error)) from None
-    docs = build_docs(path, prompt_format, direction, relabels, orders or "original")
+    docs = build_docs(path, prompt_format, direction, relabels, orders or "original", exclusions)
     # The pinned sum is checked after parsing so that a damaged line is reported by number.
     if sha256 and sha256_of(path) != sha256:
         raise DataError(f"{path} differs from the pinned upstream file (sha256); {FETCH_HINT}")

@@ -89,7 +89,8 @@ def all_rows(mirror) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def docs_by_format(mirror) -> dict[str, dict[Path, list[dict]]]:
-    """What the tasks score: every file through build_docs, in both prompt formats."""
+    """Every row of every file through build_docs, in both prompt formats: the items the tasks
+    leave out as not questions (propensity_evals/hygiene/excluded.csv) are parsed too."""
     paths = sorted((mirror / "advanced-ai-risk").glob("*_evals/*.jsonl"))
     return {fmt: {path: build_docs(path, fmt) for path in paths} for fmt in ("plain", "chat")}
 
