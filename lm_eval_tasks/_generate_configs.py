@@ -119,6 +119,10 @@ GEN_TEMPLATE = (
 # in the plain "Human: ...\\n\\nAssistant:" format or, with --metadata
 # '{{"prompt_format": "chat"}}' and --apply_chat_template, as a chat user turn.
 custom_dataset: !function utils.load_dataset
+# lm-eval's ConfigurableTask, with the documents in its --cache_requests key (the prompt format
+# and the thinking flag change them under the same task name):
+# propensity_evals/request_cache_key.py.
+class: !function utils.DocumentKeyedTask
 output_type: generate_until
 test_split: test
 doc_to_text: prompt
@@ -156,6 +160,7 @@ GEN_UTILS = (
 from pathlib import Path
 
 from propensity_evals.generation import make_loader, process_results  # noqa: F401
+from propensity_evals.request_cache_key import DocumentKeyedTask  # noqa: F401
 
 # data/ of this checkout, whatever the current directory; $PROPENSITY_DATA_DIR overrides it.
 load_dataset = make_loader(Path(__file__).resolve().parents[2] / "data")
