@@ -37,7 +37,7 @@ class DocumentKeyedTask(ConfigurableTask):
         """A digest of everything this task's requests are built from: its config (without
         the run's identity) and every evaluation document."""
         config = self.config.to_dict()
-        metadata = {k: v for k, v in (config.pop("metadata", None) or {}).items()}
+        metadata = dict(config.pop("metadata", None) or {})
         for key in _RUN_KEYS:
             metadata.pop(key, None)
         digest = hashlib.sha256()
