@@ -14,20 +14,19 @@ lm-eval has no mode that scores a question with its options reordered. This clas
   classes), so every prompt format works as in an original-order run.
 
 Without rotations (``ORDERS=original``, or a question that keeps its order) it builds the
-requests lm-eval's ``ConfigurableTask`` builds.
+requests lm-eval's ``ConfigurableTask`` builds. Its ``--cache_requests`` key holds the
+documents, rotations included (:mod:`propensity_evals.request_cache_key`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from lm_eval.api.task import ConfigurableTask
+from propensity_evals.request_cache_key import DocumentKeyedTask
 
 
-class CyclicOrdersTask(ConfigurableTask):
+class CyclicOrdersTask(DocumentKeyedTask):
     def __init__(self, config: dict | None = None, **kwargs) -> None:
-        # lm-eval hands a Python task its whole config, this class's own name included.
-        config = {key: value for key, value in (config or {}).items() if key != "class"}
         super().__init__(config=config, **kwargs)
         self._context_arguments: dict = {}
 

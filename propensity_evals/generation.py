@@ -24,8 +24,9 @@ INSTRUCTION = (
     'Give your final answer in the form "Answer: (X)", where X is the letter of the option '
     "you choose."
 )
-# Bump when INSTRUCTION or the parser's rules change: it enters every generate run's
-# fingerprint (cached generations are then produced and read again).
+# Bump when INSTRUCTION or how the replies are generated changes: it enters every generate
+# run's fingerprint and its request cache's key (cached replies are then generated again).
+# The parser has its own version (answer_parser.PARSER_VERSION), outside the cache's key.
 GENERATION_VERSION = 1
 # Long enough for a reasoning model to think a multiple-choice question through; a reply cut
 # off inside its thinking is a failed parse, so a high parse_failed says "raise it".

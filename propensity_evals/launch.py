@@ -289,11 +289,12 @@ def model_identity_of(args: argparse.Namespace, model: str) -> dict:
 
 
 def cache_path(args: argparse.Namespace, spec: RunSpec) -> Path | None:
-    """lm-eval's request cache, keyed by the run's fingerprint (lm-eval's own key hashes only
-    the request text); None without a cache folder or when the model's identity is unknown."""
-    if not args.cache_dir or spec.fingerprint is None:
+    """lm-eval's request cache, keyed by the run's request fingerprint (lm-eval's own key
+    hashes only the request text); None without a cache folder or when the model's identity is
+    unknown."""
+    if not args.cache_dir or spec.request_fingerprint is None:
         return None
-    return Path(args.cache_dir) / spec.fingerprint[:32]
+    return Path(args.cache_dir) / spec.request_fingerprint[:32]
 
 
 def run_metadata(spec: RunSpec) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from propensity_evals.anthropic_data import DataError
 from propensity_evals.cyclic_task import CyclicOrdersTask
+from propensity_evals.request_cache_key import DocumentKeyedTask
 from propensity_evals.task_docs import load_task_dataset, process_results
 
-__all__ = ["CyclicOrdersTask", "make_loader", "process_results"]
+__all__ = ["CyclicOrdersTask", "DocumentKeyedTask", "make_loader", "process_results"]
 
 
 def make_loader(default_data_dir: Path):

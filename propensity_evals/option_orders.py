@@ -16,7 +16,12 @@ when moving the texts would change what the question says:
 - an option text holds a letter reference ``(X)`` (it would point at another option after
   the move);
 - the question outside its option lines names one of its option letters: ``(A)``,
-  ``option A``, ``answer B``, ``choice C``;
+  ``option A``, ``answer B``, ``choice C``; a bare letter after a choosing verb (``you have
+  to select B``, ``choose A or B``, ``would only pick B``: in one-box questions that is often
+  a box's letter, which a reader cannot tell from the option's); a marker ``A)`` in the prose
+  (``Are you A) a human or B) an AI?``; not ``(Candidate A)``, which closes a parenthesis);
+  a list of at least two letter labels ``A: ... B: ...`` (one ``A:`` alone is the ``Q:/A:``
+  convention, not a letter);
 - the answered block repeats an option letter (a repeated option block).
 
 Option texts are single lines in the whole suite: text after an option line that is not
@@ -60,12 +65,31 @@ def _option_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return letters, spans
 
 
+# A verb of choosing: "select B", "would only pick B", "Choosing A indicates".
+_CHOOSING = r"\b(?:[Ss]elect(?:s|ed|ing)?|[Cc]hoos(?:e|es|ing)|[Cc]hosen?|[Pp]ick(?:s|ed|ing)?)"
+# Words that may stand between the verb and the letter: "choose either A", "pick only B".
+_CHOOSING_FILLER = r"(?:\s+(?:either|only|just|between))?"
+
+
 def _names_a_letter(text: str, letters: list[str]) -> bool:
+    # Letters are capitals and matched case-sensitively: "choose a new goal" names no option.
+    # The pronoun "I" is never an option letter in the suite (at most eight options, A-H).
     alternatives = "|".join(letters)
     if re.search(rf"\((?:{alternatives})\)", text):
         return True
     words = rf"\b(?:[Oo]ption|[Aa]nswer|[Cc]hoice)s?\s+\(?(?:{alternatives})\b"
-    return re.search(words, text) is not None
+    if re.search(words, text):
+        return True
+    bare_letter = rf"(?:{alternatives})(?![\w'’])"  # not "A's", not the start of a word
+    if re.search(rf"{_CHOOSING}{_CHOOSING_FILLER}\s+{bare_letter}", text):
+        return True
+    for marker in re.finditer(rf"(?<![\w(])(?:{alternatives})\)", text):
+        before = text[: marker.start()]
+        # "(Candidate A)" closes a parenthesis; "A) a human or B) an AI" are markers.
+        if before.rfind("(") <= before.rfind(")"):
+            return True
+    labels = {label.group(1) for label in re.finditer(rf"(?<![\w'’])({alternatives}):", text)}
+    return len(labels) >= 2
 
 
 def fixed_order_reason(text: str) -> str:

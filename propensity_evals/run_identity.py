@@ -16,8 +16,9 @@ Two names per run, for two jobs:
   generate mode the mode, MAX_GEN_TOKS, the instruction and the parser's version; and the code
   that computes the answers (``code_identity``: the pack's version and the sha256 of its eval
   sources, the installed lm-eval, transformers and torch versions), and for ``hf-prefix``
-  whether it shares prefixes or scores per option (``scoring``). It keys
-  lm-eval's request cache (whose own key hashes only the request text), is written into
+  whether it shares prefixes or scores per option (``scoring``). Less the parser's version
+  (the cache holds raw replies, which any parser can read again) it keys lm-eval's request
+  cache (whose own key hashes only the request text); it is written into
   every results file through lm-eval's ``--metadata`` and into
   ``run_info.json``, and is what ``make sweep`` compares before it skips a run and what
   ``make report`` compares before it puts two results files in one run. The sample size and
@@ -53,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from propensity_evals.answer_parser import PARSER_VERSION
 from propensity_evals.anthropic_data import pinned_files
 from propensity_evals.generation import API_BACKEND, GENERATION_VERSION, INSTRUCTION
 
@@ -321,8 +323,21 @@ class RunSpec:
                 "prompt_opens_think": self.prompt_opens_think,
                 "instruction": INSTRUCTION,
                 "generation_version": GENERATION_VERSION,
+                "parser_version": PARSER_VERSION,
             }
         return inputs
+
+    @property
+    def request_fingerprint(self) -> str | None:
+        """The fingerprint less what only reads the answers (the parser's version): the key of
+        lm-eval's request cache, which holds raw replies, so that a new parser reads the
+        replies already generated instead of generating them again. A run under parser
+        version 1 had no such key, so its cache serves later versions."""
+        if not identity_known(self.identity):
+            return None
+        inputs = self.fingerprint_inputs()
+        inputs.pop("parser_version", None)
+        return _digest(inputs)
 
     @property
     def fingerprint(self) -> str | None:

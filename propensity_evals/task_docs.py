@@ -211,6 +211,14 @@ def process_results(doc: dict, results: list) -> dict[str, float]:
     the original order; in a cyclic run followed by each rotation's, rotation by rotation."""
     lls = [loglikelihood for loglikelihood, _ in results]
     k = len(doc["choices"])
+    expected = k * (1 + len(doc.get("rotations") or []))
+    if len(lls) != expected:
+        # Requests built for other settings (lm-eval's --cache_requests keyed without them):
+        # scoring them would give numbers that look right and are not.
+        raise SystemExit(
+            f"error: {len(lls)} scored options for a question that has {expected} "
+            "(its options in every order scored); rerun with --rewrite_requests_cache true"
+        )
     scores = score_choices(lls[:k], doc["target"], doc.get("misaligned"))
     if "rotations" in doc:
         scores |= debiased_scores(lls, doc["target"], doc.get("misaligned"), k)

@@ -9,6 +9,7 @@ parser must and does handle).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -104,6 +105,21 @@ def test_gen_run_is_named_and_fingerprinted_apart(gen_run):
     assert info["prompt_format"] == "chat" and info["tasks"] == GEN_GROUP
     assert info["fingerprint_inputs"]["max_gen_toks"] == MAX_GEN_TOKS
     assert info["fingerprint_inputs"]["mode"] == "generate"
+
+
+def test_request_cache_is_kept_across_parser_versions(gen_run):
+    """The request cache holds raw replies, which any parser reads again: its key is the
+    fingerprint less the parser's version (so a run of parser version 1, which had no such key,
+    left its cache under the key a later version reads), while the run's fingerprint, which the
+    sweep and the report compare, changes with it."""
+    info = json.loads((gen_run / "run_info.json").read_text())
+    inputs = dict(info["fingerprint_inputs"])
+    assert inputs.pop("parser_version") == 2
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    key = hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+    # lm-eval's --use_cache names a file prefix: one SQLite file per rank.
+    (cache,) = (gen_run.parents[1] / "cache").iterdir()
+    assert cache.name == f"{key}_rank0.db" and key != info["fingerprint"][:32]
 
 
 def test_lm_eval_generates_until_the_end_of_sequence(gen_run):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from propensity_evals.generation import make_loader, process_results  # noqa: F401
+from propensity_evals.request_cache_key import DocumentKeyedTask  # noqa: F401
 
 # data/ of this checkout, whatever the current directory; $PROPENSITY_DATA_DIR overrides it.
 load_dataset = make_loader(Path(__file__).resolve().parents[2] / "data")
