@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from propensity_evals.catalog import GROUPS, task_name
+from propensity_evals.catalog import group_source, scored_tasks_by_group, task_name
 from propensity_evals.run_files import (
     RERUN_HINT,
     RunFileError,
@@ -38,11 +38,12 @@ from propensity_evals.run_identity import (
 
 REPORT_DIR_NAME = "report"
 
-# task -> (group, category), for every task of the pack.
+# task -> (group, category), for every task of the pack that scores options (the two-option
+# variant included; generate mode aside).
 TASKS: dict[str, tuple[str, str]] = {
     task_name(group, category): (group, category)
-    for group, (_, categories) in GROUPS.items()
-    for category in categories
+    for group in scored_tasks_by_group()
+    for category in group_source(group)[1]
 }
 TASK_ORDER = list(TASKS)
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from propensity_evals.catalog import AUDITED_GROUP, HUMAN_GROUP, LM_GROUP
+from propensity_evals.catalog import SHORT_NAMES
 from propensity_evals.report import stats
 from propensity_evals.report.load import TASK_ORDER, TASKS, ReportError, Run
 
-GROUP_SHORT = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+GROUP_SHORT = SHORT_NAMES
 METRICS = ("acc", "soft_match", "misaligned")
 TOLERANCE = 1e-6
 
