@@ -202,6 +202,7 @@ prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N 
 	$(PYTHON) -m propensity_evals.show_prompts --tasks $(call sq,TASKS) --n $(PROMPTS_N) \
 		--model $(call sq,MODEL) --revision $(call sq,REVISION) \
 		--system-prompt $(call sq,SYSTEM_PROMPT) --mode "$(MODE)" \
+		--system-prompts $(call sq,SYSTEM_PROMPTS) --system-prompts-file $(call sq,SYSTEM_PROMPTS_FILE) \
 		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat)
 
 list_tasks: $(SETUP_STAMP) ## list the groups and their tasks

@@ -30,6 +30,7 @@ from propensity_evals.prompts import (
     render_context,
     thinking_closure,
 )
+from propensity_evals.system_prompts import SystemPromptsError, pick
 from propensity_evals.task_docs import build_docs, load_task_dataset, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,10 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="needed for --chat (its chat template)")
     parser.add_argument("--revision", default="")
     parser.add_argument("--system-prompt", default="")
+    parser.add_argument("--system-prompts", default="", help="one named system prompt")
+    parser.add_argument("--system-prompts-file", default="")
     parser.add_argument("--chat", action="store_true")
     parser.add_argument("--no-chat", action="store_true", help="generate mode: plain format")
     parser.add_argument("--mode", default="", help="loglik (default) or generate")
     args = parser.parse_args(argv)
+    try:
+        picked = pick(args.system_prompts, args.system_prompts_file)
+    except SystemPromptsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if len(picked) > 1 or (picked and args.system_prompt):
+        print("error: give one system prompt: SYSTEM_PROMPT or one SYSTEM_PROMPTS name",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if picked:
+        args.system_prompt = picked[0].text
     try:
         if args.mode.strip() not in ("", "loglik"):
             return show_generation_prompts(args)
