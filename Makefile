@@ -34,6 +34,10 @@ WANDB_MODE ?=
 WANDB_GROUP ?=
 CHAT_TEMPLATE ?=
 SYSTEM_PROMPT ?=
+# Named system prompts (propensity_evals/system_prompts.csv): make sweep runs each as its own
+# run; an eval target takes one. SYSTEM_PROMPTS_FILE: your own table (name,text,source).
+SYSTEM_PROMPTS ?=
+SYSTEM_PROMPTS_FILE ?=
 # loglik (empty: score the options) or generate (the _gen tasks: the model writes its answer).
 MODE ?=
 # generate mode: most tokens per reply (empty: 8192, fitted to the model's context).
@@ -111,6 +115,7 @@ LAUNCH = $(PYTHON) -m propensity_evals.launch \
 	--wandb-project $(call sq,WANDB_PROJECT) --wandb-entity $(call sq,WANDB_ENTITY) \
 	--wandb-mode $(call sq,WANDB_MODE) --wandb-group $(call sq,WANDB_GROUP) \
 	--system-prompt $(call sq,SYSTEM_PROMPT) --directions $(call sq,DIRECTIONS) \
+	--system-prompts $(call sq,SYSTEM_PROMPTS) --system-prompts-file $(call sq,SYSTEM_PROMPTS_FILE) \
 	--mode "$(MODE)" --max-gen-toks "$(MAX_GEN_TOKS)" --orders "$(ORDERS)" \
 	$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat) \
 	$(if $(call truthy,$(DRY_RUN)),--dry-run) $(if $(call truthy,$(PLAN_JSON)),--plan-json)
@@ -126,6 +131,8 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 #> LIMIT          questions per task (a sample run, labelled as such)
 #> LABEL          display name for folders and W&B instead of the model's
 #> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt
+#> SYSTEM_PROMPTS named system prompts (none,hhh,agi; SYSTEM_PROMPTS_FILE: your own table):
+#>                make sweep runs one run per name, make report compares them
 #> MODE           loglik (default) or generate (the model writes its answer; chat template
 #>                if it has one, CHAT_TEMPLATE=0: plain); MAX_GEN_TOKS (8192) per reply
 #> ORDERS         original (default) or cyclic: every cyclic order of each question's options,
@@ -195,6 +202,7 @@ prompts: $(SETUP_STAMP) ## print the exact prompts + continuations of PROMPTS_N 
 	$(PYTHON) -m propensity_evals.show_prompts --tasks $(call sq,TASKS) --n $(PROMPTS_N) \
 		--model $(call sq,MODEL) --revision $(call sq,REVISION) \
 		--system-prompt $(call sq,SYSTEM_PROMPT) --mode "$(MODE)" \
+		--system-prompts $(call sq,SYSTEM_PROMPTS) --system-prompts-file $(call sq,SYSTEM_PROMPTS_FILE) \
 		$(if $(call truthy,$(CHAT_TEMPLATE)),--chat) $(if $(call falsy,$(CHAT_TEMPLATE)),--no-chat)
 
 list_tasks: $(SETUP_STAMP) ## list the groups and their tasks
@@ -208,6 +216,7 @@ sweep: $(SETUP_STAMP) ## EVAL_TARGET (eval_hf) for each of MODELS x REVISIONS; c
 		--revisions $(call sq,REVISIONS) --eval-target "$(EVAL_TARGET)" --tasks $(call sq,TASKS) \
 		--limit $(call sq,LIMIT) --output-dir $(call sq,OUTPUT_DIR) --label $(call sq,LABEL) \
 		--chat-template "$(CHAT_TEMPLATE)" --system-prompt $(call sq,SYSTEM_PROMPT) \
+		--system-prompts $(call sq,SYSTEM_PROMPTS) --system-prompts-file $(call sq,SYSTEM_PROMPTS_FILE) \
 		--mode "$(MODE)" --orders "$(ORDERS)" --wandb-group $(call sq,WANDB_GROUP) \
 		$(if $(call truthy,$(DRY_RUN)),--dry-run)
 

@@ -59,6 +59,17 @@ MODES = ("loglik", "generate")
 GEN_SUFFIX = "_gen"
 GEN_GROUPS: dict[str, str] = {f"{group}{GEN_SUFFIX}": group for group in GROUPS}
 
+# The two-option variant (propensity_evals/two_options.py): every log-likelihood group above has
+# a twin whose questions keep only the matching and one not-matching option, relettered (A)/(B),
+# scored as the letter after "Answer: (". Own names, so that its scores are never taken for
+# the paper format's. two-option group -> its twin.
+AB_SUFFIX = "_ab"
+AB_GROUPS: dict[str, str] = {f"{group}{AB_SUFFIX}": group for group in GROUPS}
+
+# How tables and charts name the log-likelihood groups (make report's column labels).
+SHORT_NAMES = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+SHORT_NAMES |= {group: f"{SHORT_NAMES[twin]}-ab" for group, twin in AB_GROUPS.items()}
+
 
 class UnknownTaskError(ValueError):
     pass
@@ -74,8 +85,15 @@ def category_slug(category: str) -> str:
 
 
 def group_source(group: str) -> tuple[str, list[str]]:
-    """(upstream subset folder, file stems) of any group, log-likelihood or generate mode."""
-    return GROUPS[GEN_GROUPS.get(group, group)]
+    """(upstream subset folder, file stems) of any group: log-likelihood, generate mode or
+    two-option."""
+    return GROUPS[twin_of(group)]
+
+
+def twin_of(group: str) -> str:
+    """The log-likelihood group a generate-mode or two-option group is made from (itself for
+    a log-likelihood group)."""
+    return GEN_GROUPS.get(group) or AB_GROUPS.get(group) or group
 
 
 def tasks_by_group() -> dict[str, list[str]]:
@@ -94,11 +112,24 @@ def gen_tasks_by_group() -> dict[str, list[str]]:
     }
 
 
+def ab_tasks_by_group() -> dict[str, list[str]]:
+    """The two-option groups and their tasks (``<group>_ab_<category>``)."""
+    return {
+        group: [task_name(group, category) for category in group_source(group)[1]]
+        for group in AB_GROUPS
+    }
+
+
+def scored_tasks_by_group() -> dict[str, list[str]]:
+    """Every group whose tasks score options by log-likelihood (the report reads these)."""
+    return tasks_by_group() | ab_tasks_by_group()
+
+
 def task_files() -> dict[str, str]:
-    """task name -> its data file relative to advanced-ai-risk/ (both modes)."""
+    """task name -> its data file relative to advanced-ai-risk/ (every variant)."""
     return {
         task_name(group, category): f"{subset}/{category}.jsonl"
-        for group in [*GROUPS, *GEN_GROUPS]
+        for group in [*GROUPS, *GEN_GROUPS, *AB_GROUPS]
         for subset, categories in [group_source(group)]
         for category in categories
     }
@@ -123,6 +154,12 @@ def tasks_for_mode(spec: str, mode: str) -> str:
     generated = set(twins.values())
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if mode == "generate":
+        two_option = [name for name in names if name in two_option_names()]
+        if two_option:
+            raise UnknownTaskError(
+                f"{two_option[0]} is a two-option task or group, scored by the log-likelihood of "
+                "the letter after 'Answer: (': it has no generate mode; drop MODE=generate"
+            )
         return ",".join(twins.get(name, name) for name in names)
     for name in names:
         if name in generated:
@@ -133,9 +170,15 @@ def tasks_for_mode(spec: str, mode: str) -> str:
     return ",".join(names)
 
 
+def two_option_names() -> set[str]:
+    """Every two-option group and task name."""
+    groups = ab_tasks_by_group()
+    return set(groups) | {task for tasks in groups.values() for task in tasks}
+
+
 def resolve_tasks(spec: str) -> list[str]:
     """Comma-separated groups/tasks -> the leaf tasks they name; unknown names are an error."""
-    groups = tasks_by_group() | gen_tasks_by_group()
+    groups = tasks_by_group() | gen_tasks_by_group() | ab_tasks_by_group()
     leaves = task_files()
     resolved: list[str] = []
     for name in (part.strip() for part in spec.split(",")):
@@ -158,7 +201,7 @@ def resolve_tasks(spec: str) -> list[str]:
 
 
 def main() -> None:
-    for group, tasks in (tasks_by_group() | gen_tasks_by_group()).items():
+    for group, tasks in (tasks_by_group() | gen_tasks_by_group() | ab_tasks_by_group()).items():
         print(f"{group} ({len(tasks)} tasks)")
         for task in tasks:
             print(f"  {task}")

@@ -22,8 +22,7 @@ class ClosedThinkingChatMixin:
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        if not add_generation_prompt:
-            # Continuing a written assistant turn (a task's gen_prefix): there is no generation
-            # prompt, so no thinking block of ours to close.
-            return super().apply_chat_template(chat_history, add_generation_prompt)
+        # Without a generation prompt lm-eval asks to continue a written assistant turn (a
+        # task's gen_prefix, last in chat_history): render_chat opens the turn, closes any
+        # thinking block, then writes that start.
         return render_chat(self.tokenizer, chat_history, getattr(self, "chat_template_args", None))

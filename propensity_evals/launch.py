@@ -13,6 +13,7 @@ lm-eval command (printed before it runs, so a run is reproducible by hand):
 - W&B logging named after the run; with no W&B login it logs offline (never prompts) and
   prints how to sync later;
 - plain mode separates a system prompt from ``Human:`` by a blank line (lm-eval glues them);
+  ``SYSTEM_PROMPTS=name`` takes a named one (``propensity_evals/system_prompts.py``);
 - ``MODE=generate`` runs the ``_gen`` twins of the tasks, with MAX_GEN_TOKS passed as
   ``--gen_kwargs``; ``make eval_api`` runs them on a model behind an OpenAI-compatible server
   (the API key stays in the environment, as ``OPENAI_API_KEY``, and is never written anywhere).
@@ -64,6 +65,7 @@ from propensity_evals.run_identity import (
     unknown_part,
 )
 from propensity_evals.shared_scoring import PER_OPTION, scoring_of_run
+from propensity_evals.system_prompts import SystemPromptsError, pick
 from propensity_evals.task_docs import DATA_DIR_ENV, FETCH_HINT, resolve_data_dir
 from propensity_evals.wandb_mode import WandbModeError, choose_wandb_mode
 
@@ -106,6 +108,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--orders", default="", help="original (default) or cyclic (every order of the options)")
     add("--base-url", default="", help="the chat API's root, e.g. http://host:8000/v1")
     add("--system-prompt", default="")
+    add("--system-prompts", default="", help="a named system prompt (system_prompts.csv)")
+    add("--system-prompts-file", default="", help="your own table of named system prompts")
     add("--directions", default="", help="a direction table (CSV); empty: the pack's own")
     add("--output-dir", default="data/output")
     add("--cache-dir", default="data/cache", help="empty: no lm-eval request cache")
@@ -361,6 +365,8 @@ def build_command(
         config += f",pack_version='{pack_label(spec.code)}'"
         for library, version in (spec.code.get("libraries") or {}).items():
             config += f",{library}_version='{version}'"
+        if spec.system_prompt_name:
+            config += f",system_prompt={spec.system_prompt_name}"
         command += ["--wandb_config_args", config]
     return command + args.extra
 
@@ -387,6 +393,28 @@ def check_orders(orders: str, mode: str) -> str:
             "not scored: drop ORDERS or MODE=generate"
         )
     return orders
+
+
+def settle_system_prompt(args: argparse.Namespace) -> None:
+    """SYSTEM_PROMPTS (one name per run) -> its text and name, written back into ``args``."""
+    args.system_prompt_name = ""
+    try:
+        picked = pick(args.system_prompts, args.system_prompts_file)
+    except SystemPromptsError as error:
+        raise LaunchError(str(error)) from None
+    if not picked:
+        return
+    if len(picked) > 1:
+        raise LaunchError(
+            f"SYSTEM_PROMPTS={args.system_prompts} names {len(picked)} prompts: one run takes "
+            "one; run them all with `make sweep SYSTEM_PROMPTS=...` (one run per prompt)"
+        )
+    if args.system_prompt:
+        raise LaunchError(
+            "SYSTEM_PROMPT and SYSTEM_PROMPTS both set: give the text (SYSTEM_PROMPT) or a name "
+            "(SYSTEM_PROMPTS), not both"
+        )
+    args.system_prompt, args.system_prompt_name = picked[0].text, picked[0].name
 
 
 def settle_mode(args: argparse.Namespace, model: str) -> None:
@@ -439,6 +467,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         limit=str(args.limit).strip(),
         prompt_format="chat" if args.chat else "plain",
         system_prompt=args.system_prompt,
+        system_prompt_name=args.system_prompt_name,
         tasks=args.tasks,
         label=label,
         backend=args.chosen_backend,  # settle_mode's choice (README: Encoder models)
@@ -467,6 +496,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
 def plan(args: argparse.Namespace) -> dict:
     """What the sweep needs to know before it runs (or skips) this request."""
     model, label = resolve_model(args)
+    settle_system_prompt(args)
     settle_mode(args, model)
     try:
         tasks = resolve_tasks(args.tasks)
@@ -489,6 +519,7 @@ def plan(args: argparse.Namespace) -> dict:
 def prepare(args: argparse.Namespace) -> tuple[RunSpec, list[str], str]:
     """Every check, then the run's spec, its leaf tasks and the W&B mode."""
     model, label = resolve_model(args)
+    settle_system_prompt(args)
     settle_mode(args, model)
     try:
         tasks = resolve_tasks(args.tasks)

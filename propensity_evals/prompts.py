@@ -54,13 +54,18 @@ def system_instruction(system_prompt: str, chat: bool) -> str:
     return text if chat else text + "\n\n"
 
 
-def render_context(prompt: str, system_prompt: str = "", tokenizer=None) -> str:
-    """The context string lm-eval builds; a tokenizer means chat mode."""
+def render_context(
+    prompt: str, system_prompt: str = "", tokenizer=None, gen_prefix: str = ""
+) -> str:
+    """The context string lm-eval builds; a tokenizer means chat mode, where ``gen_prefix``
+    (a task's start of the assistant's turn, e.g. ``Answer: (``) follows the opened turn."""
     instruction = system_instruction(system_prompt, chat=tokenizer is not None)
     if tokenizer is None:
         return instruction + prompt
     messages = [{"role": "system", "content": instruction}] if instruction else []
     messages.append({"role": "user", "content": prompt})
+    if gen_prefix:
+        messages.append({"role": "assistant", "content": gen_prefix})
     return render_chat(tokenizer, messages)
 
 
@@ -68,11 +73,19 @@ def render_chat(tokenizer, messages: list[dict], template_args: dict | None = No
     """The chat template over ``messages`` with the assistant's turn opened, any thinking block
     closed and empty: what this pack's model classes score the options after.
 
+    A last assistant message is the start of the scored turn (lm-eval's ``gen_prefix``): it
+    follows the opened turn, after the closed thinking block, as written. (lm-eval's own
+    classes continue it with the template's ``continue_final_message``, which gives the same
+    text on templates without a thinking block, tested on SmolLM2's.)
+
     ``template_args`` are the extra template variables a model was given (lm-eval's
     ``chat_template_args``); they override the ``enable_thinking=False`` passed here.
     """
+    start = ""
+    if messages and messages[-1]["role"] == "assistant":
+        messages, start = messages[:-1], messages[-1]["content"]
     text = apply_template(tokenizer, messages, {"enable_thinking": False, **(template_args or {})})
-    return close_open_thinking(text)
+    return close_open_thinking(text) + start
 
 
 def apply_template(tokenizer, messages: list[dict], template_args: dict) -> str:
@@ -107,6 +120,7 @@ def thinking_closure(tokenizer, template_args: dict | None = None) -> str:
     return CLOSED_BY_TEMPLATE if ours == switched else CLOSED_BY_PACK
 
 
-def continuations(choices: list[str], chat: bool) -> list[str]:
-    # lm-eval drops the target delimiter (" ") when a chat template is applied.
-    return [choice if chat else f" {choice}" for choice in choices]
+def continuations(choices: list[str], chat: bool, delimiter: str = " ") -> list[str]:
+    # lm-eval drops the target delimiter (" ") when a chat template is applied; the two-option
+    # tasks have none ("" : the letter follows "Answer: (").
+    return [choice if chat else f"{delimiter}{choice}" for choice in choices]

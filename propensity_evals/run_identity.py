@@ -238,6 +238,8 @@ class RunSpec:
     limit: str = ""
     prompt_format: str = "plain"
     system_prompt: str = ""
+    # SYSTEM_PROMPTS' name for the text (system_prompts.csv); names the run, not its numbers.
+    system_prompt_name: str = ""
     tasks: str = ""
     label: str = ""
     # What the numbers depend on beyond the fields above (filled by the launcher).
@@ -280,7 +282,8 @@ class RunSpec:
         if self.prompt_format != "plain":
             name += f"__{self.prompt_format}"
         if self.system_prompt:
-            name += f"__sys-{short_hash(self.system_prompt)}"
+            named = f"{self.system_prompt_name}-" if self.system_prompt_name else ""
+            name += f"__sys-{named}{short_hash(self.system_prompt)}"
         if self.limit:
             # A LIMIT run scores a sample of each task: say so wherever its numbers appear.
             name += f"__sample{self.limit}"

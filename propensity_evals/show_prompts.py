@@ -16,7 +16,12 @@ from pathlib import Path
 
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
-from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.catalog import (
+    UnknownTaskError,
+    resolve_tasks,
+    task_files,
+    two_option_names,
+)
 from propensity_evals.generate_mode import GenerateModeError, load_tokenizer, settle
 from propensity_evals.generation import generation_prompt
 from propensity_evals.hygiene import exclusions_of
@@ -26,7 +31,8 @@ from propensity_evals.prompts import (
     render_context,
     thinking_closure,
 )
-from propensity_evals.task_docs import build_docs, resolve_data_dir
+from propensity_evals.system_prompts import SystemPromptsError, pick
+from propensity_evals.task_docs import build_docs, load_task_dataset, resolve_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,10 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="needed for --chat (its chat template)")
     parser.add_argument("--revision", default="")
     parser.add_argument("--system-prompt", default="")
+    parser.add_argument("--system-prompts", default="", help="one named system prompt")
+    parser.add_argument("--system-prompts-file", default="")
     parser.add_argument("--chat", action="store_true")
     parser.add_argument("--no-chat", action="store_true", help="generate mode: plain format")
     parser.add_argument("--mode", default="", help="loglik (default) or generate")
     args = parser.parse_args(argv)
+    try:
+        picked = pick(args.system_prompts, args.system_prompts_file)
+    except SystemPromptsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if len(picked) > 1 or (picked and args.system_prompt):
+        print("error: give one system prompt: SYSTEM_PROMPT or one SYSTEM_PROMPTS name",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if picked:
+        args.system_prompt = picked[0].text
     try:
         if args.mode.strip() not in ("", "loglik"):
             return show_generation_prompts(args)
@@ -61,17 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                     "BACKEND=hf-prefix scores it (stock hf and vllm refuse it)",
                     file=sys.stderr,
                 )
-        root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
-        files = task_files()
+        two_option = two_option_names()
         for task in tasks:
-            docs = build_docs(
-                root / files[task],
-                "chat" if args.chat else "plain",
-                exclusions=exclusions_of(files[task]),
-            )
+            docs = task_documents(task, "chat" if args.chat else "plain")
+            delimiter = "" if task in two_option else " "
             for doc in docs[: args.n]:
-                context = render_context(doc["prompt"], args.system_prompt, tokenizer)
-                options = continuations(doc["choices"], args.chat)
+                context = render_context(
+                    doc["prompt"], args.system_prompt, tokenizer, doc.get("gen_prefix") or ""
+                )
+                options = continuations(doc["choices"], args.chat, delimiter)
                 print(f"=== {task} #{doc['id']} (matching: {options[doc['target']]!r})")
                 print(context, end="")
                 print(f"⟨{' | '.join(options)}⟩\n")
@@ -79,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def task_documents(task: str, prompt_format: str) -> list[dict]:
+    """The task's documents exactly as lm-eval loads them: its YAML's dataset arguments (which
+    file, audited labels, two options) through the tasks' own loader."""
+    import yaml
+
+    (path,) = (REPO_ROOT / "lm_eval_tasks").glob(f"*/{task}.yaml")
+    kwargs = yaml.safe_load(path.read_text())["dataset_kwargs"]
+    loaded = load_task_dataset(REPO_ROOT / "data", prompt_format=prompt_format, **kwargs)
+    return list(loaded["test"])
 
 
 def show_generation_prompts(args: argparse.Namespace) -> int:

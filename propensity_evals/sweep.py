@@ -1,6 +1,7 @@
 """``make sweep``: one eval target over several models and/or revisions, resumable.
 
-Each (model, revision) is one ``make <EVAL_TARGET> MODEL=... REVISION=...`` run, one after
+Each (model, revision) is one ``make <EVAL_TARGET> MODEL=... REVISION=...`` run (with
+``SYSTEM_PROMPTS=none,hhh,...``: each (model, revision, named system prompt)), one after
 the other, into its own ``OUTPUT_DIR/<run_name>/`` and one W&B run each, all in one W&B group.
 Before running, the sweep asks the same make target for the run's folder and fingerprint
 (``PLAN_JSON=1``: the launcher answers without running anything), so the names and the
@@ -31,6 +32,7 @@ from pathlib import Path
 from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks, tasks_for_mode
 from propensity_evals.run_files import incomplete_tasks
 from propensity_evals.run_identity import short_hash
+from propensity_evals.system_prompts import SystemPromptsError, pick
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRUTHY = ("1", "true", "yes", "on")  # as the Makefile's `truthy`
@@ -46,6 +48,7 @@ class PlannedRun:
     revision: str
     name: str  # the run folder, as the launcher names it
     fingerprint: str | None  # None: the model's identity is unknown, never skipped
+    system_prompt_name: str = ""  # SYSTEM_PROMPTS: this run's named system prompt
     # What the fingerprint hashes, as the launcher said (a SLURM job logs what changed since).
     inputs: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -65,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--label", default="", help="only with a single model")
     add("--chat-template", default="", help="as CHAT_TEMPLATE: 1/true/yes/on = chat format")
     add("--system-prompt", default=os.environ.get("SYSTEM_PROMPT", ""))
+    add("--system-prompts", default="", help="as SYSTEM_PROMPTS: names, one run per name")
+    add("--system-prompts-file", default="", help="as SYSTEM_PROMPTS_FILE: your own table")
     add("--mode", default="", help="as MODE: loglik (empty) or generate")
     add("--orders", default="", help="as ORDERS: original (empty) or cyclic")
     add("--wandb-group", default="", help="default: sweep-<hash of the request>")
@@ -90,9 +95,11 @@ def output_dir_of(args: argparse.Namespace) -> Path:
     return output_dir if output_dir.is_absolute() else REPO_ROOT / output_dir
 
 
-def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir: Path) -> dict:
+def ask_launcher(
+    args: argparse.Namespace, model: str, revision: str, output_dir: Path, system_prompt_name=""
+) -> dict:
     """The launcher's plan for one run: ``make <target> ... PLAN_JSON=1`` runs nothing."""
-    request = PlannedRun(model, revision, name="", fingerprint=None)
+    request = PlannedRun(model, revision, "", None, system_prompt_name)
     command = [*make_command(args, request, output_dir, group=""), "PLAN_JSON=1", "-s"]
     env = dict(os.environ, SYSTEM_PROMPT=args.system_prompt)
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
@@ -101,7 +108,9 @@ def ask_launcher(args: argparse.Namespace, model: str, revision: str, output_dir
         lines = result.stderr.strip().splitlines() or ["no output"]
         # The launcher's own one-line error, not make's "*** Error 2" trailer after it.
         reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1])
-        raise SweepError(f"cannot plan {model}{'@' + revision if revision else ''}: {reason}")
+        what = model + (f"@{revision}" if revision else "")
+        what += f" with system prompt {system_prompt_name}" if system_prompt_name else ""
+        raise SweepError(f"cannot plan {what}: {reason}")
     try:
         return json.loads(lines[-1])
     except json.JSONDecodeError:
@@ -122,17 +131,39 @@ def plan(args: argparse.Namespace) -> list[PlannedRun]:
     for model in models:
         model = absolute_model(model)
         for revision in revisions:
-            answer = ask_launcher(args, model, revision, output_dir)
-            runs.append(planned_run(model, revision, answer))
-    seen: dict[str, str] = {}
+            for prompt in system_prompt_names(args):
+                answer = ask_launcher(args, model, revision, output_dir, prompt)
+                runs.append(planned_run(model, revision, answer, prompt))
+    seen: dict[str, PlannedRun] = {}
     for run in runs:
         if run.name in seen:
+            other = seen[run.name]
+            if other.model == run.model:  # two named prompts with one (empty) text
+                raise SweepError(
+                    f"system prompts {other.system_prompt_name} and {run.system_prompt_name} "
+                    f"would share the run folder {run.name}: pick only one of them"
+                )
             raise SweepError(
-                f"{seen[run.name]} and {run.model} would share the run folder {run.name}: "
+                f"{other.model} and {run.model} would share the run folder {run.name}: "
                 "give the local folders distinct names"
             )
-        seen[run.name] = run.model
+        seen[run.name] = run
     return runs
+
+
+def system_prompt_names(args: argparse.Namespace) -> list[str]:
+    """SYSTEM_PROMPTS' names, checked here so that a bad one stops the sweep before any plan
+    ([""] without it: one run per model and revision, with SYSTEM_PROMPT if any)."""
+    try:
+        picked = pick(args.system_prompts, args.system_prompts_file)
+    except SystemPromptsError as error:
+        raise SweepError(str(error)) from None
+    if picked and args.system_prompt:
+        raise SweepError(
+            "SYSTEM_PROMPT and SYSTEM_PROMPTS both set: give one text (SYSTEM_PROMPT) or "
+            "names (SYSTEM_PROMPTS), not both"
+        )
+    return [prompt.name for prompt in picked] or [""]
 
 
 def missing_tasks(run: PlannedRun, tasks: list[str], output_dir: Path) -> dict[str, str]:
@@ -164,6 +195,8 @@ def default_group(args: argparse.Namespace) -> str:
         request += [args.mode]
     if args.orders:
         request += [f"orders={args.orders}"]
+    if args.system_prompts:
+        request += [f"system_prompts={args.system_prompts}", args.system_prompts_file]
     return f"sweep-{short_hash(json.dumps(request))}"
 
 
@@ -181,9 +214,21 @@ def make_command(
         f"CHAT_TEMPLATE={args.chat_template}",
         f"MODE={args.mode}",
         f"ORDERS={args.orders}",
+        # One name per run (it overrides the sweep's list, which MAKEFLAGS carries along).
+        f"SYSTEM_PROMPTS={run.system_prompt_name}",
+        f"SYSTEM_PROMPTS_FILE={system_prompts_file(args)}",
         f"WANDB_GROUP={group}",
         *args.make_vars,
     ]  # fmt: skip
+
+
+def system_prompts_file(args: argparse.Namespace) -> str:
+    """SYSTEM_PROMPTS_FILE as an absolute path (relative ones are relative to the repository
+    root, where the eval targets run), "" when unset."""
+    if not args.system_prompts_file.strip():
+        return ""
+    path = Path(args.system_prompts_file.strip()).expanduser()
+    return str(path if path.is_absolute() else REPO_ROOT / path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,13 +290,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plan_one(args: argparse.Namespace, run: PlannedRun, output_dir: Path) -> PlannedRun:
-    answer = ask_launcher(args, run.model, run.revision, output_dir)
-    return planned_run(run.model, run.revision, answer)
+    answer = ask_launcher(args, run.model, run.revision, output_dir, run.system_prompt_name)
+    return planned_run(run.model, run.revision, answer, run.system_prompt_name)
 
 
-def planned_run(model: str, revision: str, answer: dict) -> PlannedRun:
+def planned_run(model: str, revision: str, answer: dict, system_prompt_name: str) -> PlannedRun:
     inputs = answer.get("fingerprint_inputs") or {}
-    return PlannedRun(model, revision, answer["run_name"], answer["fingerprint"], inputs)
+    name, fingerprint = answer["run_name"], answer["fingerprint"]
+    return PlannedRun(model, revision, name, fingerprint, system_prompt_name, inputs)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from propensity_evals.directions import DirectionsError, load_directions, misali
 from propensity_evals.hygiene import Exclusion, ExclusionError, exclusions_of
 from propensity_evals.option_orders import ORDERS, fixed_order_reason, rotations, slot_of
 from propensity_evals.questions import PROMPT_FORMATS, QuestionError, parse_row, render_prompt
+from propensity_evals.two_options import two_option_doc
 
 DATA_DIR_ENV = "PROPENSITY_DATA_DIR"
 FETCH_HINT = "run `make data` (offline: `make data SOURCE=<folder holding advanced-ai-risk/>`)"
@@ -154,6 +155,7 @@ def load_task_dataset(
     directions: str | None = None,
     audited: bool = False,
     orders: str = "original",
+    two_options: bool = False,
     **_ignored,
 ):
     """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split, without the items
@@ -162,7 +164,9 @@ def load_task_dataset(
     Accepts ``**_ignored`` because lm-eval also passes model arguments and any other
     ``--metadata`` keys here. ``directions`` is a direction table's path (``DIRECTIONS=``;
     default: the pack's own); ``audited`` applies the audit's relabel file; ``orders``
-    (``--metadata '{"orders": "cyclic"}'``) adds every question's rotated prompts.
+    (``--metadata '{"orders": "cyclic"}'``) adds every question's rotated prompts;
+    ``two_options`` (the ``_ab`` tasks) reduces each question to two options
+    (:mod:`propensity_evals.two_options`).
     """
     import datasets  # imported here: only lm-eval runs need it
 
@@ -179,10 +183,22 @@ def load_task_dataset(
     except (DirectionsError, RelabelError, ExclusionError) as error:
         raise DataError(str(error)) from None
     docs = build_docs(path, prompt_format, direction, relabels, orders or "original", exclusions)
+    if two_options:
+        docs = two_option_docs(path, docs, prompt_format)
     # The pinned sum is checked after parsing so that a damaged line is reported by number.
     if sha256 and sha256_of(path) != sha256:
         raise DataError(f"{path} differs from the pinned upstream file (sha256); {FETCH_HINT}")
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def two_option_docs(path: Path, docs: list[dict], prompt_format: str) -> list[dict]:
+    reduced = []
+    for doc in docs:
+        try:
+            reduced.append(two_option_doc(doc, prompt_format))
+        except QuestionError as error:
+            raise DataError(f"{path}:{doc['id'] + 1}: {error}") from None
+    return reduced
 
 
 def score_choices(

@@ -116,6 +116,19 @@ def test_hf_prefix_renders_the_closure_and_hf_does_not(r1_model, qwen3_model):
         assert stock.apply_chat_template(history) != rendered
 
 
+def test_two_option_cue_follows_the_closed_block(r1_model, qwen3_model):
+    """The _ab tasks' gen_prefix: lm-eval asks the model class to continue an assistant turn
+    that starts "Answer: (" (add_generation_prompt=False); it comes after the closed block."""
+    cue = "Answer: ("
+    history = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": cue}]
+    for folder in (r1_model, qwen3_model):
+        ours = PrefixSharingLM(pretrained=str(folder), device="cpu", batch_size=1)
+        rendered = ours.apply_chat_template(history, add_generation_prompt=False)
+        opened = ours.apply_chat_template(history[:1])
+        assert opened.endswith("<think>\n\n</think>\n\n") and rendered == opened + cue
+        assert rendered == render_context("Q?", "", ours.tokenizer, gen_prefix=cue)
+
+
 # -- the launcher's check and the run's identity -------------------------------------------------
 
 

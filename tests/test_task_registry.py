@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from propensity_evals.catalog import GROUPS, gen_tasks_by_group, tasks_by_group
+from propensity_evals.catalog import (
+    AB_GROUPS,
+    GROUPS,
+    ab_tasks_by_group,
+    gen_tasks_by_group,
+    group_source,
+    tasks_by_group,
+)
 from tests.conftest import REPO_ROOT
 
 TASKS_DIR = REPO_ROOT / "lm_eval_tasks"
@@ -41,7 +48,8 @@ def test_all_tasks_and_groups_register(task_manager):
         for name, entry in task_manager.task_index.items()
         if entry.yaml_path and TASKS_DIR in Path(entry.yaml_path).resolve().parents
     }
-    every = groups | gen_tasks_by_group()  # and their generate-mode twins
+    # and their generate-mode and two-option twins
+    every = groups | gen_tasks_by_group() | ab_tasks_by_group()
     assert from_our_folder == set(every) | {task for tasks in every.values() for task in tasks}
     # lm-eval's own advanced_ai_risk tasks stay available beside ours (from lm-eval's files,
     # by the equality above).
@@ -69,7 +77,8 @@ def test_yaml_files_are_what_the_generator_writes():
     spec = importlib.util.spec_from_file_location("gen", TASKS_DIR / "_generate_configs.py")
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    for group, (subset, categories) in GROUPS.items():
+    for group in [*GROUPS, *AB_GROUPS]:
+        subset, categories = group_source(group)
         folder = TASKS_DIR / group
         expected = {f"_{group}.yaml": generator.group_config(group, categories)}
         for category in categories:

@@ -1,7 +1,8 @@
 """``python -m propensity_evals.report --output-dir data/output [--baseline RUN] [--wandb]``.
 
-Writes ``OUTPUT_DIR/report/``: ``report.md``, ``scores.csv``, ``comparisons.csv`` and the PNG
-charts. Any input it cannot use is one line on stderr and exit status 2.
+Writes ``OUTPUT_DIR/report/``: ``report.md``, ``scores.csv``, ``comparisons.csv``
+(``system_prompts.csv`` when runs differ only in their system prompt) and the PNG charts. Any
+input it cannot use is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from propensity_evals.report import plots, tables
 from propensity_evals.report.load import REPORT_DIR_NAME, ReportError, discover
 from propensity_evals.report.summary import build
 
-OWN_FILES = ("report.md", "scores.csv", "comparisons.csv", "*.png")
+OWN_FILES = ("report.md", "scores.csv", "comparisons.csv", "system_prompts.csv", "*.png")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = tables.comparisons_table(report)
     tables.write_csv(out / "scores.csv", *scores)
     tables.write_csv(out / "comparisons.csv", *comparisons)
+    system_prompts = tables.system_prompts_table(report)
+    if system_prompts[1]:
+        tables.write_csv(out / "system_prompts.csv", *system_prompts)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {out / 'report.md'} ({len(runs)} runs, {len(report.sets)} comparable set(s))")
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         images = [chart for group in charts.values() for chart in group]
         try:
             log_report(
-                {"scores": scores, "comparisons": comparisons},
+                {"scores": scores, "comparisons": comparisons}
+                | ({"system_prompts": system_prompts} if system_prompts[1] else {}),
                 images,
                 project=args.wandb_project,
                 entity=args.wandb_entity,

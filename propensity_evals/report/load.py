@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from propensity_evals.catalog import GROUPS, task_name
+from propensity_evals.catalog import group_source, scored_tasks_by_group, task_name
 from propensity_evals.run_files import (
     RERUN_HINT,
     RunFileError,
@@ -34,15 +34,18 @@ from propensity_evals.run_identity import (
     RunSpec,
     results_fingerprint,
     results_model_identity,
+    short_hash,
 )
+from propensity_evals.system_prompts import NONE
 
 REPORT_DIR_NAME = "report"
 
-# task -> (group, category), for every task of the pack.
+# task -> (group, category), for every task of the pack that scores options (the two-option
+# variant included; generate mode aside).
 TASKS: dict[str, tuple[str, str]] = {
     task_name(group, category): (group, category)
-    for group, (_, categories) in GROUPS.items()
-    for category in categories
+    for group in scored_tasks_by_group()
+    for category in group_source(group)[1]
 }
 TASK_ORDER = list(TASKS)
 
@@ -110,11 +113,23 @@ class Run:
     series: str  # the run name without its revision: runs of one model across checkpoints
     tasks: dict[str, TaskLog] = field(default_factory=dict)
     thinking_closure: str = ""  # run_info.json's; "" for none (and for runs from before it)
+    system_prompt_name: str = ""  # SYSTEM_PROMPTS' name, from run_info.json
+    # The run name without its system prompt: runs that differ only in that share it.
+    framing_key: str = ""
+
+    @property
+    def system_prompt_label(self) -> str:
+        """The system prompt's name; ``none`` without one, ``sys-<hash>`` for an unnamed one."""
+        if self.system_prompt_name:
+            return self.system_prompt_name
+        return f"sys-{short_hash(self.system_prompt)}" if self.system_prompt else NONE
 
     @property
     def prompt_label(self) -> str:
         """The prompt mode as the report shows it: format, system prompt, thinking block."""
-        text = self.prompt_format + (" + system prompt" if self.system_prompt else "")
+        text = self.prompt_format
+        if self.system_prompt:
+            text += f" + system prompt {self.system_prompt_label}"
         if self.thinking_closure:
             text += f" + empty thinking block ({self.thinking_closure})"
         return text
@@ -255,9 +270,15 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
         limit=str(info.get("limit", limit_text((first.get("config") or {}).get("limit")))),
         prompt_format=str(info.get("prompt_format") or "plain"),
         system_prompt=str(info.get("system_prompt") or first.get("system_instruction") or ""),
+        system_prompt_name=str(info.get("system_prompt_name") or ""),
         label=str(info.get("label") or ""),
     )
     series = replace(spec, revision="").run_name
+    # The run's name without its system prompt part (run_identity.RunSpec.run_name writes
+    # "__sys-[<name>-]<hash>"): what runs differing only in their system prompt share.
+    named = f"{spec.system_prompt_name}-" if spec.system_prompt_name else ""
+    segment = f"__sys-{named}{short_hash(spec.system_prompt)}" if spec.system_prompt else ""
+    framing_key = run_dir.name.replace(segment, "", 1) if segment else run_dir.name
     run = Run(
         name=run_dir.name,
         path=run_dir,
@@ -268,6 +289,8 @@ def read_run(run_dir: Path, notes: list[str]) -> Run | None:
         system_prompt=spec.system_prompt,
         series=series if info else re.sub(r"@[^_]*", "", run_dir.name),
         thinking_closure=str(info.get("thinking_closure") or ""),
+        system_prompt_name=spec.system_prompt_name,
+        framing_key=framing_key,
     )
     for task, files in located.items():
         log = read_task(task, files, notes, run.name)

@@ -4,7 +4,8 @@ Runs are only put side by side when their numbers mean the same thing: same LIMI
 sample of questions), same task versions and same data checksums. Runs that differ in any of
 these go into separate sets, each with its own tables and charts, and the report says why.
 A difference in prompt format or system prompt is a legitimate experiment, so such runs stay
-in one set, with a warning that their differences include that change.
+in one set: a prompt format change with a warning that their differences include it, runs that
+differ only in their system prompt (``SYSTEM_PROMPTS``) side by side in a section of their own.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from propensity_evals.catalog import AUDITED_GROUP, HUMAN_GROUP, LM_GROUP
+from propensity_evals.catalog import SHORT_NAMES
 from propensity_evals.report import stats
 from propensity_evals.report.load import TASK_ORDER, TASKS, ReportError, Run
 
-GROUP_SHORT = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+GROUP_SHORT = SHORT_NAMES
 METRICS = ("acc", "soft_match", "misaligned")
 TOLERANCE = 1e-6
 
@@ -55,6 +56,8 @@ class RunSet:
     comparisons: list[Comparison] = field(default_factory=list)
     # series name -> its runs in revision order (only series with 2+ revisions)
     revision_series: dict[str, list[Run]] = field(default_factory=dict)
+    # A run name without its system prompt -> its runs under 2+ system prompts (SYSTEM_PROMPTS).
+    system_prompt_series: dict[str, list[Run]] = field(default_factory=dict)
 
     @property
     def suffix(self) -> str:
@@ -215,13 +218,25 @@ def coverage(run_set: RunSet, warnings: list[str]) -> None:
                 f"have ({', '.join(task_label(task) for task in missing)}): its group averages "
                 "cover fewer categories"
             )
-    formats = {(run.prompt_format, run.system_prompt, run.thinking_closure) for run in run_set.runs}
+    # A system prompt change is an experiment of its own (the System prompts section); a
+    # change of format or thinking block is worth a warning.
+    formats = {(run.prompt_format, run.thinking_closure) for run in run_set.runs}
     if len(formats) > 1:
         described = ", ".join(f"{run.name}: {run.prompt_label}" for run in run_set.runs)
         warnings.append(
             f"set {run_set.index} mixes prompt formats ({described}): differences between "
             "these runs include the prompt change"
         )
+
+
+def system_prompt_series(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs that differ only in their system prompt, by the run name without it (2+ prompts)."""
+    series: dict[str, list[Run]] = {}
+    for run in runs:
+        series.setdefault(run.framing_key, []).append(run)
+    return {
+        key: group for key, group in series.items() if len({run.system_prompt for run in group}) > 1
+    }
 
 
 def build(runs: list[Run], output_dir: Path, baseline: str | None, notes: list[str]) -> Report:
@@ -260,6 +275,7 @@ def build(runs: list[Run], output_dir: Path, baseline: str | None, notes: list[s
         series: dict[str, list[Run]] = {}
         for run in members:
             series.setdefault(run.series, []).append(run)
+        run_set.system_prompt_series = system_prompt_series(members)
         run_set.revision_series = {
             name: sorted(group, key=lambda run: stats.natural_key(run.revision))
             for name, group in series.items()

@@ -171,6 +171,7 @@ def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) ->
             "that always answers (A).",
             "",
         ]
+        lines += system_prompt_markdown(run_set)
         if run_set.comparisons:
             lines += [
                 "### Paired comparisons (same questions)",
@@ -195,6 +196,52 @@ def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) ->
             lines += [f"![{chart.stem}]({chart.name})" for chart in charts[run_set.index]]
     lines += order_bias.markdown(report.runs)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def system_prompt_markdown(run_set: RunSet) -> list[str]:
+    """Per model (a run name without its system prompt), the misalignment rate of each category
+    under each system prompt: one row per system prompt."""
+    columns = metric_columns(run_set, "misaligned")
+    if not run_set.system_prompt_series or not columns:
+        return []
+    lines = [
+        "### System prompts: misalignment rate (misaligned) per category",
+        "",
+        "The same model, revision, tasks and LIMIT under each system prompt "
+        "(`SYSTEM_PROMPTS`); 95% Wilson intervals. The paired comparisons below test each "
+        "difference.",
+        "",
+    ]
+    for key, runs in run_set.system_prompt_series.items():
+        rows = []
+        for run in runs:
+            cells = [run_set.cells.get((run.name, column.key)) for column in columns]
+            estimates = [estimate_text(cell.misaligned) if cell else "—" for cell in cells]
+            rows.append([run.system_prompt_label, run.name, *estimates])
+        lines += [f"`{key}`:", ""]
+        header = ["system prompt", "run", *(column.label for column in columns)]
+        lines += markdown_table(header, rows) + [""]
+    return lines
+
+
+def system_prompts_table(report: Report) -> tuple[list[str], list[list]]:
+    """The System prompts section as a long table: one row per run and directed column."""
+    header = ["set", "model", "system_prompt", "run", "column", "misaligned", "ci_low",
+              "ci_high", "n"]  # fmt: skip
+    rows = []
+    for run_set in report.sets:
+        columns = metric_columns(run_set, "misaligned")
+        for key, runs in run_set.system_prompt_series.items():
+            for run in runs:
+                for column in columns:
+                    cell = run_set.cells.get((run.name, column.key))
+                    if cell is None:
+                        continue
+                    estimate = cell.misaligned
+                    rows.append([run_set.index, key, run.system_prompt_label, run.name,
+                                 column.label, estimate.value, estimate.low, estimate.high,
+                                 estimate.n])  # fmt: skip
+    return header, [[clean(value) for value in values] for values in rows]
 
 
 def _score_fields(run_set: RunSet, row_name: str, metric: str, column) -> list:

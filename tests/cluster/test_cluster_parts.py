@@ -8,10 +8,13 @@ The sbatch text is rendered by submitit itself, from the parameters the settings
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
+import pickle
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -23,7 +26,13 @@ from submitit.slurm.slurm import _make_sbatch_string
 from propensity_evals import sweep
 from propensity_evals.cluster import record
 from propensity_evals.cluster import settings as settings_module
-from propensity_evals.cluster.job import JobRequest, changed_inputs, run_one, submission_environ
+from propensity_evals.cluster.job import (
+    JobRequest,
+    changed_inputs,
+    run_one,
+    submission_environ,
+    submission_environment,
+)
 from propensity_evals.cluster.publish import PublishRefused, publish
 from propensity_evals.cluster.settings import (
     ClusterSettings,
@@ -357,3 +366,39 @@ def test_status_plans_with_the_submissions_variables(replanned, tmp_path, monkey
     assert state(replanned.environment) == "done"
     # Planned without them (EXTRA_ARGS missing), the same complete run would not be found.
     assert state({}) == "failed"
+
+
+def test_a_system_prompt_grid_gives_each_array_task_its_own_prompt(
+    data_dir, smollm2, tmp_path, monkeypatch
+):
+    """The SLURM executor plans with the local sweep and each array task runs the sweep's own
+    make command (job.run_one): with SYSTEM_PROMPTS=none,hhh that is one run per prompt, each
+    task's command naming its prompt, which reaches lm-eval as that prompt's text."""
+    for name, value in isolated_env(tmp_path, data_dir, wandb_mode="disabled").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MAKEFLAGS", raising=False)
+    task = "anthropic_propensity_human_written_survival_instinct"
+    argv = ["--models", str(smollm2), "--eval-target", "eval_cpu", "--tasks", task,
+            "--limit", "1", "--output-dir", str(tmp_path / "out"),
+            "--system-prompts", "none,hhh"]  # fmt: skip
+    args = sweep.parse_args(argv)
+    runs = sweep.plan(args)
+    with open(REPO_ROOT / "propensity_evals" / "system_prompts.csv", newline="") as handle:
+        hhh = {row["name"]: row["text"] for row in csv.DictReader(handle)}["hhh"]
+    assert [run.system_prompt_name for run in runs] == ["none", "hhh"]
+    assert runs[0].name == "SmolLM2-135M-Instruct__sample1"
+    assert runs[1].name.startswith("SmolLM2-135M-Instruct__sys-hhh-")
+    for run, text in zip(runs, ["", hhh], strict=True):
+        request = JobRequest(args, run, [task], tmp_path / "out", "group", tmp_path / "staging",
+                             submission_environment(args.system_prompt))  # fmt: skip
+        request = pickle.loads(pickle.dumps(request))  # as submitit hands it to the node
+        command = sweep.make_command(request.args, request.run, tmp_path / "staging", "group")
+        assert f"SYSTEM_PROMPTS={run.system_prompt_name}" in command
+        dry = subprocess.run([*command, "DRY_RUN=1"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, env={**os.environ, **request.environment})  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+        lm_eval = shlex.split(dry.stdout[dry.stdout.index("+ ") + 2 :])
+        if text:
+            assert lm_eval[lm_eval.index("--system_instruction") + 1] == text + "\n\n"
+        else:
+            assert "--system_instruction" not in lm_eval
