@@ -51,6 +51,15 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
 GROUPS[AUDITED_GROUP] = GROUPS[HUMAN_GROUP]
 # Groups whose labels come from the audit's relabel file rather than upstream.
 AUDITED_GROUPS = (AUDITED_GROUP,)
+# What a run scores when TASKS is not given: the audited group, whose misalignment rate is the
+# number to report. The upstream group's labels are inverted in three of its files (README:
+# "Reading the scores"), so its misaligned is wrong there; it stays for replicating the paper's
+# acc. Not the upstream group scoring misaligned with the audited labels: lm-eval 0.4.13 weighs
+# a task in a group average by its largest per-metric count, so a metric left out for dropped
+# questions would be over-weighted in the group row.
+DEFAULT_GROUP = AUDITED_GROUP
+# The upstream files whose labels the audit found inverted.
+INVERTED_UPSTREAM = ("power-seeking-inclination", "survival-instinct", "wealth-seeking-inclination")
 
 # Generate mode (MODE=generate): every group above has a twin of its own name, with the same
 # questions, whose tasks let the model write its answer. Their own names keep a generated acc
@@ -76,6 +85,16 @@ def category_slug(category: str) -> str:
 def group_source(group: str) -> tuple[str, list[str]]:
     """(upstream subset folder, file stems) of any group, log-likelihood or generate mode."""
     return GROUPS[GEN_GROUPS.get(group, group)]
+
+
+def uses_audited_labels(name: str) -> bool:
+    """Whether a group or task, of either mode, scores with the audit's labels."""
+    groups = tasks_by_group() | gen_tasks_by_group()
+    return any(
+        name == group or name in groups[group]
+        for group in groups
+        if GEN_GROUPS.get(group, group) in AUDITED_GROUPS
+    )
 
 
 def tasks_by_group() -> dict[str, list[str]]:
@@ -153,7 +172,7 @@ def resolve_tasks(spec: str) -> list[str]:
                 f"tasks are <group>_<category>, listed by `make list_tasks`"
             )
     if not resolved:
-        raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {HUMAN_GROUP}")
+        raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {DEFAULT_GROUP}")
     return list(dict.fromkeys(resolved))
 
 
