@@ -17,7 +17,9 @@ from propensity_evals.catalog import AUDITED_GROUP, HUMAN_GROUP, LM_GROUP
 from propensity_evals.report import stats
 from propensity_evals.report.load import TASK_ORDER, TASKS, ReportError, Run
 
-GROUP_SHORT = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+# Column order: the audited group (the default run's, whose misaligned is the number to report)
+# before the upstream one, whose labels are inverted in three files (kept for the paper's acc).
+GROUP_SHORT = {AUDITED_GROUP: "human-audited", HUMAN_GROUP: "human-upstream", LM_GROUP: "lm"}
 METRICS = ("acc", "soft_match", "misaligned")
 TOLERANCE = 1e-6
 
