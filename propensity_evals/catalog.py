@@ -51,6 +51,15 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
 GROUPS[AUDITED_GROUP] = GROUPS[HUMAN_GROUP]
 # Groups whose labels come from the audit's relabel file rather than upstream.
 AUDITED_GROUPS = (AUDITED_GROUP,)
+# What a run scores when TASKS is not given: the audited group, whose misalignment rate is the
+# number to report. The upstream group's labels are inverted in three of its files (README:
+# "Reading the scores"), so its misaligned is wrong there; it stays for replicating the paper's
+# acc. Not the upstream group scoring misaligned with the audited labels: lm-eval 0.4.13 weighs
+# a task in a group average by its largest per-metric count, so a metric left out for dropped
+# questions would be over-weighted in the group row.
+DEFAULT_GROUP = AUDITED_GROUP
+# The upstream files whose labels the audit found inverted.
+INVERTED_UPSTREAM = ("power-seeking-inclination", "survival-instinct", "wealth-seeking-inclination")
 
 # Generate mode (MODE=generate): every group above has a twin of its own name, with the same
 # questions, whose tasks let the model write its answer. Their own names keep a generated acc
@@ -67,7 +76,7 @@ AB_SUFFIX = "_ab"
 AB_GROUPS: dict[str, str] = {f"{group}{AB_SUFFIX}": group for group in GROUPS}
 
 # How tables and charts name the log-likelihood groups (make report's column labels).
-SHORT_NAMES = {HUMAN_GROUP: "human", AUDITED_GROUP: "human-audited", LM_GROUP: "lm"}
+SHORT_NAMES = {AUDITED_GROUP: "human-audited", HUMAN_GROUP: "human-upstream", LM_GROUP: "lm"}
 SHORT_NAMES |= {group: f"{SHORT_NAMES[twin]}-ab" for group, twin in AB_GROUPS.items()}
 
 
@@ -94,6 +103,16 @@ def twin_of(group: str) -> str:
     """The log-likelihood group a generate-mode or two-option group is made from (itself for
     a log-likelihood group)."""
     return GEN_GROUPS.get(group) or AB_GROUPS.get(group) or group
+
+
+def uses_audited_labels(name: str) -> bool:
+    """Whether a group or task, of either mode, scores with the audit's labels."""
+    groups = tasks_by_group() | gen_tasks_by_group()
+    return any(
+        name == group or name in groups[group]
+        for group in groups
+        if GEN_GROUPS.get(group, group) in AUDITED_GROUPS
+    )
 
 
 def tasks_by_group() -> dict[str, list[str]]:
@@ -196,7 +215,7 @@ def resolve_tasks(spec: str) -> list[str]:
                 f"tasks are <group>_<category>, listed by `make list_tasks`"
             )
     if not resolved:
-        raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {HUMAN_GROUP}")
+        raise UnknownTaskError(f"TASKS is empty: name a group, e.g. {DEFAULT_GROUP}")
     return list(dict.fromkeys(resolved))
 
 

@@ -43,12 +43,13 @@ from propensity_evals.backend_choice import (
     choose_backend,
     read_config,
 )
-from propensity_evals.catalog import UnknownTaskError, resolve_tasks, task_files
+from propensity_evals.catalog import DEFAULT_GROUP, UnknownTaskError, resolve_tasks, task_files
 from propensity_evals.chat_rendering import CLOSING_BACKENDS
 from propensity_evals.code_identity import code_identity, pack_label
 from propensity_evals.directions import DirectionsError, load_directions, table_sha256
 from propensity_evals.generate_mode import GenerateModeError, ModeSettings, settle
 from propensity_evals.generation import API_BACKEND, THINK_OPENED_KEY
+from propensity_evals.headline import summary, upstream_label_note
 from propensity_evals.hygiene import exclusions_sha256
 from propensity_evals.option_orders import ORDERS
 from propensity_evals.prompts import CLOSED_BY_PACK, system_instruction, thinking_closure
@@ -91,7 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--allow-default-model", action="store_true", help="empty --model means SmolLM2")
     add("--revision", default="")
     add("--label", default="", help="name for folders and W&B instead of the model's")
-    add("--tasks", default="anthropic_propensity_human_written")
+    add("--tasks", default=DEFAULT_GROUP)
     add("--limit", default="", help="questions per task (a sample run, labelled as such)")
     add("--batch-size", default="8")
     add("--device", default="", help="cuda, mps or cpu; empty with --parallelize")
@@ -628,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     model = spec.model
     command = build_command(args, model, spec, wandb_mode, staging)
     print("+ " + shlex.join(command), flush=True)
+    if note := upstream_label_note(tasks):
+        print(note, file=sys.stderr)
     if args.dry_run:
         return 0
     spec.write(Path(args.output_dir))
@@ -649,10 +652,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(staging, ignore_errors=True)
             return 1
         try:
-            promote(staging, run_dir)
+            moved = promote(staging, run_dir)
         except LaunchError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        for results in (path for path in moved if path.name.startswith("results_")):
+            print(summary(results))
         print(f"results and per-sample logs: {run_dir}")
         offline = latest_offline_run(Path(os.environ.get("WANDB_DIR", ".")) / "wandb")
         if wandb_mode == "offline" and offline:

@@ -16,11 +16,14 @@ from pathlib import Path
 
 from propensity_evals import default_model
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError
+from propensity_evals.audit import relabels_of_file
 from propensity_evals.catalog import (
+    DEFAULT_GROUP,
     UnknownTaskError,
     resolve_tasks,
     task_files,
     two_option_names,
+    uses_audited_labels,
 )
 from propensity_evals.generate_mode import GenerateModeError, load_tokenizer, settle
 from propensity_evals.generation import generation_prompt
@@ -37,9 +40,17 @@ from propensity_evals.task_docs import build_docs, load_task_dataset, resolve_da
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def task_docs(root: Path, file: str, task: str, prompt_format: str) -> list[dict]:
+    """A generate-mode task's documents as lm-eval gets them: an audited task's targets (the
+    "matching" shown) are the audited labels, its dropped questions and the excluded items
+    are left out."""
+    relabels = relabels_of_file(file) if uses_audited_labels(task) else None
+    return build_docs(root / file, prompt_format, relabels=relabels, exclusions=exclusions_of(file))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="anthropic_propensity_human_written")
+    parser.add_argument("--tasks", default=DEFAULT_GROUP)
     parser.add_argument("--n", type=int, default=2, help="questions per task")
     parser.add_argument("--model", default="", help="needed for --chat (its chat template)")
     parser.add_argument("--revision", default="")
@@ -129,11 +140,7 @@ def show_generation_prompts(args: argparse.Namespace) -> int:
         root = resolve_data_dir(REPO_ROOT / "data") / DATASET_DIR_NAME
         files = task_files()
         for task in resolve_tasks(settings.tasks):
-            docs = build_docs(
-                root / files[task],
-                "chat" if settings.chat else "plain",
-                exclusions=exclusions_of(files[task]),
-            )
+            docs = task_docs(root, files[task], task, "chat" if settings.chat else "plain")
             for doc in docs[: args.n]:
                 prompt = generation_prompt(doc["question"], "chat" if settings.chat else "plain")
                 context = render_context(prompt, args.system_prompt, tokenizer)

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from propensity_evals.catalog import HUMAN_GROUP, UnknownTaskError, resolve_tasks, tasks_for_mode
+from propensity_evals.catalog import DEFAULT_GROUP, UnknownTaskError, resolve_tasks, tasks_for_mode
 from propensity_evals.run_files import incomplete_tasks
 from propensity_evals.run_identity import short_hash
 from propensity_evals.system_prompts import SystemPromptsError, pick
@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--models", default="", help="space-separated hub ids or local folders")
     add("--revisions", default="", help="space-separated revisions, applied to every model")
     add("--eval-target", default="eval_hf", help="the Makefile target run for each model")
-    add("--tasks", default=HUMAN_GROUP)
+    add("--tasks", default=DEFAULT_GROUP)
     add("--limit", default="")
     add("--output-dir", default="data/output")
     add("--label", default="", help="only with a single model")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from propensity_evals.anthropic_data import DATASET_DIR_NAME, DataError, sha256_of
-from propensity_evals.audit import DROP, Relabel, RelabelError, load_relabels, question_sha256
+from propensity_evals.audit import DROP, Relabel, RelabelError, question_sha256, relabels_of_file
 from propensity_evals.directions import DirectionsError, load_directions, misaligned_options
 from propensity_evals.hygiene import Exclusion, ExclusionError, exclusions_of
 from propensity_evals.option_orders import ORDERS, fixed_order_reason, rotations, slot_of
@@ -176,10 +176,7 @@ def load_task_dataset(
         exclusions = exclusions_of(f"{subset}/{file}")
         relabels = None
         if audited:
-            relpath = f"{subset}/{file}"
-            relabels = {
-                item.line: item for (name, _), item in load_relabels().items() if name == relpath
-            }
+            relabels = relabels_of_file(f"{subset}/{file}")
     except (DirectionsError, RelabelError, ExclusionError) as error:
         raise DataError(str(error)) from None
     docs = build_docs(path, prompt_format, direction, relabels, orders or "original", exclusions)

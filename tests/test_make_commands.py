@@ -31,7 +31,10 @@ def test_eval_hf_command_uses_cuda_bf16_flash_attention():
     out = make("-n", "eval_hf", "MODEL=org/name", "REVISION=step1000").stdout
     assert "--device cuda" in out
     assert '--model-args "dtype=bfloat16,attn_implementation=flash_attention_2"' in out
-    assert "--revision 'step1000'" in out and "--tasks 'anthropic_propensity_human_written'" in out
+    assert (
+        "--revision 'step1000'" in out
+        and "--tasks 'anthropic_propensity_human_written_audited'" in out
+    )
     assert '--batch-size "auto"' in out
 
 

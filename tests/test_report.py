@@ -484,7 +484,7 @@ def missing_tasks(run_dir: Path, tasks: list[str]) -> list[str]:
 
 def label(task: str) -> str:
     category = task.removeprefix(f"{HUMAN}_")
-    return "human/" + category.replace("_", "-")
+    return "human-upstream/" + category.replace("_", "-")
 
 
 def score_row(rows: list[dict], run: str, metric: str) -> dict:
@@ -594,14 +594,14 @@ def test_report_numbers_recompute_from_the_sample_logs(two_models, models_report
             micro = (
                 t_reference(values) if key == "soft" else wilson_reference(sum(values), len(values))
             )
-            assert float(metric_row["human (micro)"]) == same(mean(values))
-            assert float(metric_row["human (micro) ci_low"]) == same(micro[0])
-            assert float(metric_row["human (micro) ci_high"]) == same(micro[1])
+            assert float(metric_row["human-upstream (micro)"]) == same(mean(values))
+            assert float(metric_row["human-upstream (micro) ci_low"]) == same(micro[0])
+            assert float(metric_row["human-upstream (micro) ci_high"]) == same(micro[1])
             parts = [[q[key] for q in qs] for qs in by_task.values()]
             centre, low, high = macro_reference(parts, binary=key != "soft")
-            assert float(metric_row["human (macro)"]) == same(centre)
-            assert float(metric_row["human (macro) ci_low"]) == same(low)
-            assert float(metric_row["human (macro) ci_high"]) == same(high)
+            assert float(metric_row["human-upstream (macro)"]) == same(centre)
+            assert float(metric_row["human-upstream (macro) ci_low"]) == same(low)
+            assert float(metric_row["human-upstream (macro) ci_high"]) == same(high)
     # Baselines depend on the questions only.
     smol = per_run[SMOL]
     for task, questions in smol.items():
@@ -612,7 +612,7 @@ def test_report_numbers_recompute_from_the_sample_logs(two_models, models_report
         assert float(always_a) == same(mean(q["target_a"] for q in questions))
     survival = smol[SURVIVAL]
     assert [q["chance"] for q in survival] == [0.5, 0.5, 0.5]  # two options each
-    assert float(score_row(rows, "always (A)", "acc")["human/survival-instinct"]) == (
+    assert float(score_row(rows, "always (A)", "acc")["human-upstream/survival-instinct"]) == (
         pytest.approx(2 / 3)
     )
     # The report's tables say the same.
@@ -625,7 +625,7 @@ def test_paired_comparisons_use_the_same_questions_and_holm(two_models, models_r
     output = two_models / "output"
     rows = read_csv(models_report / "comparisons.csv")
     assert {(r["run"], r["baseline"]) for r in rows} == {(GEMMA, SMOL)}
-    columns = [label(task) for task in TASKS] + ["human (micro)"]
+    columns = [label(task) for task in TASKS] + ["human-upstream (micro)"]
     for metric in ("acc", "soft_match"):
         family = [r for r in rows if r["metric"] == metric]
         assert [r["column"] for r in family] == columns
@@ -793,7 +793,7 @@ def test_prompt_format_change_is_compared_with_a_warning(two_models, chat_run, t
     assert f"{chat_run.name} lacks 2 task(s)" in text
     rows = read_csv(output / "report" / "comparisons.csv")
     chat_rows = [r for r in rows if r["run"] == chat_run.name]
-    assert {r["column"] for r in chat_rows} == {label(TASKS[1]), "human (micro)"}
+    assert {r["column"] for r in chat_rows} == {label(TASKS[1]), "human-upstream (micro)"}
     task = TASKS[1]
     chat = recomputed(chat_run, task)
     plain = recomputed(output / SMOL, task)

@@ -77,3 +77,8 @@ def load_relabels(path: Path | None = None) -> dict[tuple[str, int], Relabel]:
                 raise RelabelError(f"{path}:{lineno}: {item.file}:{item.line} is listed twice")
             relabels[key] = item
     return relabels
+
+
+def relabels_of_file(relpath: str, path: Path | None = None) -> dict[int, Relabel]:
+    """line -> audited label of one upstream file (``human_generated_evals/x.jsonl``)."""
+    return {item.line: item for (name, _), item in load_relabels(path).items() if name == relpath}

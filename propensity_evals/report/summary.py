@@ -18,6 +18,8 @@ from propensity_evals.catalog import SHORT_NAMES
 from propensity_evals.report import stats
 from propensity_evals.report.load import TASK_ORDER, TASKS, ReportError, Run
 
+# Column order: the audited group (the default run's, whose misaligned is the number to report)
+# before the upstream one, whose labels are inverted in three files (kept for the paper's acc).
 GROUP_SHORT = SHORT_NAMES
 METRICS = ("acc", "soft_match", "misaligned")
 TOLERANCE = 1e-6

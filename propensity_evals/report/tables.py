@@ -128,8 +128,10 @@ def write_markdown(report: Report, path: Path, charts: dict[int, list[Path]]) ->
         f"{len(report.runs)} run(s) under `{report.output_dir}`. Every number below is "
         "recomputed from lm-eval's per-sample logs (`samples_*.jsonl`). The misalignment rate "
         "comes first (lower is better); for acc and soft_match a higher score means more of the "
-        "behaviour, not a better model. `human-audited` columns use the audited labels of "
-        "the power-seeking, wealth-seeking and survival files.",
+        "behaviour, not a better model. `human-audited` columns (the default run's group) use "
+        "the audited labels of the power-seeking, wealth-seeking and survival files; "
+        "`human-upstream` columns use the upstream labels, inverted in those three files: "
+        "there its misaligned is not a misalignment rate, and its acc replicates the paper.",
         "",
         "## Runs",
         "",

@@ -196,7 +196,7 @@ def test_report_reads_the_runs_the_cluster_wrote(resubmitted, mirror):
         lls = [float(ll) for ll, _ in sample["filtered_resps"]]
         chosen = lls.index(max(lls))
         expected = float(chosen == matching_index(mirror, sample["doc"]))
-        assert math.isclose(float(rows[run]["human/survival-instinct"]), expected)
+        assert math.isclose(float(rows[run]["human-upstream/survival-instinct"]), expected)
 
 
 def test_a_failed_run_shows_the_error_line_of_its_log(tmp_path, data_dir, smollm2, slurm_conf):
