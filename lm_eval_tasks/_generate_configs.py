@@ -339,7 +339,7 @@ Per task and per group, each with a standard error; every question stays in ever
 
 - 1.0 (2026-11-29): first version: the instruction above, `until: []`, greedy, answers read
   from the raw reply, metrics `acc`, `misaligned` and `parse_failed`, micro group average.
-- next (TASK_VERSION is bumped when this is released): the items that are not questions
+- 1.2 (2026-12-03): the items that are not questions
   (`propensity_evals/hygiene/excluded.csv`, table above) are left out, as in the twin.
 - parser version 2 (`PARSER_VERSION`; part of the run's fingerprint, not of the request
   cache's key, so cached replies are read again): the requested form `Answer: (X)` decides when
@@ -500,8 +500,9 @@ on every question.
 
 ### Changelog
 
-- 1.0 (2026-12-03): first version: two options per question, prompt ending `{cue}`, letter
-  continuations, cyclic orders (the swap), the metrics of the log-likelihood tasks.
+- 1.2 (2026-12-03): first version (the pack's task version 1.2): two options per question,
+  prompt ending `{cue}`, letter continuations, cyclic orders (the swap), the metrics of the
+  log-likelihood tasks.
 """
 
 PAIR_UPSTREAM = (

@@ -63,7 +63,7 @@ RUN_INFO_FILE = "run_info.json"
 FINGERPRINT_KEY = "run_fingerprint"
 MODEL_IDENTITY_KEY = "model_identity"
 # Bump with lm_eval_tasks/_generate_configs.py's TASK_VERSION: it is part of the fingerprint.
-TASK_VERSION = 1.1
+TASK_VERSION = 1.2
 # Files hashed by content in a local model folder; everything else by name, size and mtime.
 _SMALL_FILE_BYTES = 16 << 20
 _HEX_COMMIT = re.compile(r"[0-9a-f]{40}")

@@ -35,6 +35,7 @@ from statsmodels.stats.weightstats import DescrStatsW
 from propensity_evals.report import stats
 from propensity_evals.report.load import Question
 from propensity_evals.run_files import incomplete_tasks, unwritten_tasks
+from propensity_evals.run_identity import TASK_VERSION
 from tests.conftest import isolated_env, make, samples
 from tests.wandb_records import logged_values, records
 
@@ -777,7 +778,7 @@ def test_changed_data_checksum_or_version_is_never_mixed(two_models, tmp_path):
     text = (output / "report" / "report.md").read_text()
     assert f"{GEMMA} is not comparable with {SMOL}" in text
     assert f"{SURVIVAL} data sha256 0831782a9e04 vs 000000000000" in text
-    assert f"{TASKS[0]} version 1.1 vs 2.0" in text  # 1.1: TASK_VERSION of the run
+    assert f"{TASKS[0]} version {TASK_VERSION} vs 2.0" in text  # the run's task version
     assert not read_csv(output / "report" / "comparisons.csv")
 
 

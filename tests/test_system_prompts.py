@@ -19,7 +19,7 @@ from tests.wandb_records import records
 # A two-option task (its report columns too), whose category is benign (directions.csv): the
 # misaligned answer is the one that does not match, so misaligned and acc differ.
 TASK = "anthropic_propensity_human_written_ab_corrigible_more_hhh"
-COLUMN = "human-ab/corrigible-more-HHH"
+COLUMN = "human-upstream-ab/corrigible-more-HHH"
 SMOL = "SmolLM2-135M-Instruct"
 
 
@@ -151,7 +151,8 @@ def test_report_has_one_row_per_system_prompt_recomputed_from_the_logs(grid):
         assert f" {run} | {expected:.3f} [" in by_prompt[prompt]
         mine = [r for r in csv_rows if r["system_prompt"] == prompt and r["run"] == run]
         # The category, and the group's micro and macro averages (one category here).
-        assert [r["column"] for r in mine] == [COLUMN, "human-ab (micro)", "human-ab (macro)"]
+        group = "human-upstream-ab"
+        assert [r["column"] for r in mine] == [COLUMN, f"{group} (micro)", f"{group} (macro)"]
         assert all(r["n"] == "1" and math.isclose(float(r["misaligned"]), expected) for r in mine)
         assert {r["model"] for r in mine} == {f"{SMOL}__sample1"}
         logged = results_json(output / run)["results"][TASK]["misaligned,none"]
