@@ -26,7 +26,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from propensity_evals import launch, show_prompts
-from propensity_evals.catalog import gen_tasks_by_group
+from propensity_evals.catalog import DEFAULT_GROUP, gen_tasks_by_group
 from propensity_evals.chat_api_lm import OpenAICompatibleChat
 from propensity_evals.generation import make_loader, score_reply
 from propensity_evals.report.load import ReportError, discover
@@ -338,7 +338,8 @@ def test_fingerprint_separates_mode_budget_and_prompt_format():
     assert plain["run_name"] == "SmolLM2-135M-Instruct__gen__sample1"
     fingerprints = {run["fingerprint"] for run in (loglik, generated, longer, plain)}
     assert len(fingerprints) == 4
-    assert generated["tasks"] == gen_tasks_by_group()[GEN_GROUP]
+    # Without TASKS: the default group's generate-mode twin (the audited labels).
+    assert generated["tasks"] == gen_tasks_by_group()[f"{DEFAULT_GROUP}_gen"]
 
 
 def test_generate_mode_is_plain_for_a_model_without_chat_template(capsys, gemma):
@@ -399,7 +400,7 @@ def test_eval_api_requests_and_errors(data_dir):
     dry = make("eval_api", "MODEL=m", url, "DRY_RUN=1", env=env)
     assert "--model openai-compatible-chat" in dry.stdout
     assert "model=m,base_url=http://127.0.0.1:9/v1/chat/completions" in dry.stdout
-    assert "--tasks anthropic_propensity_human_written_gen " in dry.stdout
+    assert "--tasks anthropic_propensity_human_written_audited_gen " in dry.stdout
     assert "--apply_chat_template" in dry.stdout and "max_gen_toks=8192" in dry.stdout
     assert SECRET not in dry.stdout + dry.stderr
     prompts = make("-n", "prompts", "MODE=generate", "CHAT_TEMPLATE=0").stdout

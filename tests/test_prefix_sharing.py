@@ -725,9 +725,8 @@ def test_tree_rows_run_each_shared_prefix_once(rotated_runs, hf, rotated):
     assert len(ran) < 0.75 * sum(map(len, fed))
 
 
-def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2, rotated):
-    # A tree mask would replace the window's own mask: a (tiny, random) Mistral whose
-    # attention sees the last 8 tokens only scores through KV caches, and matches hf.
+def tiny_mistral_with_a_window_of_8(smollm2):
+    """A (tiny, random) Mistral whose attention sees the last 8 tokens only."""
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     config = MistralConfig(
         hidden_size=64,
@@ -740,7 +739,13 @@ def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2,
         initializer_range=0.5,
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), tokenizer
+
+
+def test_a_sliding_window_shorter_than_a_request_takes_the_cache_passes(smollm2, rotated):
+    # A tree mask would replace the window's own mask: a (tiny, random) Mistral whose
+    # attention sees the last 8 tokens only scores through KV caches, and matches hf.
+    model, tokenizer = tiny_mistral_with_a_window_of_8(smollm2)
     requests = rotated_instances(rotated[-1:])
     lm = make(PrefixSharingLM, (model, tokenizer), batch_size=4)
     with ForwardLog(model) as log:
@@ -814,19 +819,7 @@ def test_a_chat_preamble_runs_once_and_never_joins_questions(tiny_weights, quest
 def test_every_request_truncated_under_a_sliding_window_scores_as_hf(smollm2, questions):
     # Every request longer than max_length takes hf's truncation path, which leaves nothing
     # to share: a model with a sliding window used to fail looking for the longest request.
-    tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    config = MistralConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer),
-        sliding_window=8,
-        initializer_range=0.5,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model, tokenizer = tiny_mistral_with_a_window_of_8(smollm2)
     requests = instances(questions[:2])
     kwargs = {"batch_size": 4, "max_length": 16}
     ours = make(PrefixSharingLM, (model, tokenizer), **kwargs).loglikelihood(requests)
