@@ -224,6 +224,21 @@ def test_sweep_cancel_stops_the_last_submission(tmp_path, data_dir, smollm2, gem
     )
     sweep.submit()
     job = sweep.last_submission()["job_id"]
+
+    # Until the scheduler first looks at the array, SLURM gives no reason ("None").
+    def held_back() -> bool:
+        return slurm(slurm_conf, "squeue", "-h", "-r", "-o", "%r").split() == ["BeginTime"] * 2
+
+    wait_for(held_back, 60, "the scheduler to hold the runs back")
+    try:
+        check_sweep_cancel(sweep, job, slurm_conf)
+    finally:
+        # Never leave a held-back job for the next test to wait on.
+        if queue(slurm_conf):
+            slurm(slurm_conf, "scancel", job)
+
+
+def check_sweep_cancel(sweep, job: str, slurm_conf) -> None:
     status = sweep.status()
     for run in (SMOL, GEMMA):
         assert "queued   (BeginTime)" in status_line(status, run)
