@@ -25,18 +25,15 @@ import datetime
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix_sharing import (  # noqa: E402
     DEFAULT_OUTPUT,
-    GROUP,
-    TASKS_DIR,
     agreement,
+    evaluate_group,
     machine,
     spawn,
-    time_scoring,
     update_markdown,
 )
 
@@ -48,26 +45,9 @@ SYSTEM_PROMPT = (
 
 def run_one(spec: dict) -> dict:
     """One chat-mode run: per question, the options' log-likelihoods; time and memory."""
-    import lm_eval
-    from lm_eval.api.registry import get_model
-    from lm_eval.tasks import TaskManager
-
-    import propensity_evals.prefix_sharing_lm  # noqa: F401  (registers hf-prefix)
-
-    lm = get_model(spec["model_class"])(
-        pretrained=spec["model_dir"], batch_size=spec["batch_size"], device=spec["device"],
-        dtype=spec["dtype"],
-    )  # fmt: skip
-    scoring = time_scoring(lm)
-    manager = TaskManager(
-        include_path=str(TASKS_DIR), include_defaults=False, metadata={"prompt_format": "chat"}
+    _, out, wall_s, scoring_s = evaluate_group(
+        spec, {"prompt_format": "chat"}, apply_chat_template=True, system_instruction=SYSTEM_PROMPT
     )
-    started = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=[GROUP], limit=spec["limit"], task_manager=manager, log_samples=True,
-        bootstrap_iters=0, apply_chat_template=True, system_instruction=SYSTEM_PROMPT,
-    )  # fmt: skip
-    wall_s = time.perf_counter() - started
     questions, requests = {}, 0
     for task, samples in out["samples"].items():
         for sample in samples:
@@ -80,7 +60,7 @@ def run_one(spec: dict) -> dict:
         "model_class": spec["model_class"],
         "batch_size": spec["batch_size"],
         "wall_s": wall_s,
-        "scoring_s": scoring["s"],
+        "scoring_s": scoring_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "requests": requests,
         "questions": questions,

@@ -26,43 +26,22 @@ import json
 import math
 import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix_sharing import (  # noqa: E402
     DEFAULT_OUTPUT,
     GROUP,
-    TASKS_DIR,
+    evaluate_group,
     machine,
     spawn,
-    time_scoring,
     update_markdown,
 )
 
 
 def run_one(spec: dict) -> dict:
     """One run: per question, every order's log-likelihoods; times and token counts."""
-    import lm_eval
-    from lm_eval.api.registry import get_model
-    from lm_eval.tasks import TaskManager
-
-    import propensity_evals.prefix_sharing_lm  # noqa: F401  (registers hf-prefix)
-
-    lm = get_model(spec["model_class"])(
-        pretrained=spec["model_dir"], batch_size=spec["batch_size"], device=spec["device"],
-        dtype=spec["dtype"],
-    )  # fmt: skip
-    scoring = time_scoring(lm)
-    manager = TaskManager(
-        include_path=str(TASKS_DIR), include_defaults=False, metadata={"orders": spec["orders"]}
-    )
-    started = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=[GROUP], limit=spec["limit"], task_manager=manager, log_samples=True,
-        bootstrap_iters=0,
-    )  # fmt: skip
-    wall_s = time.perf_counter() - started
+    lm, out, wall_s, scoring_s = evaluate_group(spec, {"orders": spec["orders"]})
     questions, requests, context_tokens, continuation_tokens = {}, 0, 0, 0
     for task, samples in out["samples"].items():
         for sample in samples:
@@ -86,7 +65,7 @@ def run_one(spec: dict) -> dict:
         **spec,
         "per_task": per_task,
         "wall_s": wall_s,
-        "scoring_s": scoring["s"],
+        "scoring_s": scoring_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "requests": requests,
         "context_tokens": context_tokens,

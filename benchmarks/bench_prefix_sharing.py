@@ -68,6 +68,32 @@ def time_scoring(lm) -> dict:
     return scoring
 
 
+def evaluate_group(spec: dict, metadata: dict | None = None, **evaluate_kwargs):
+    """``GROUP`` (first ``spec["limit"]`` questions per task) with ``spec``'s model class:
+    (the model, lm-eval's output, wall seconds, seconds spent scoring). ``metadata`` reaches
+    the tasks as ``--metadata`` would; ``evaluate_kwargs`` go to ``simple_evaluate``."""
+    import lm_eval
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+
+    import propensity_evals.prefix_sharing_lm  # noqa: F401  (registers hf-prefix)
+
+    lm = get_model(spec["model_class"])(
+        pretrained=spec["model_dir"], batch_size=spec["batch_size"], device=spec["device"],
+        dtype=spec["dtype"],
+    )  # fmt: skip
+    scoring = time_scoring(lm)
+    manager = TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata or {}
+    )
+    started = time.perf_counter()
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=[GROUP], limit=spec["limit"], task_manager=manager, log_samples=True,
+        bootstrap_iters=0, **evaluate_kwargs,
+    )  # fmt: skip
+    return lm, out, time.perf_counter() - started, scoring["s"]
+
+
 def run_one(spec: dict) -> dict:
     """Evaluate the group with one model class; per-question results, times and memory."""
     import lm_eval
