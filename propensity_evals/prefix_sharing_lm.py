@@ -68,10 +68,10 @@ columns (its contexts' ends and continuation tokens; an ``hf`` row keeps them fo
 and no KV cache but a copy of the preamble's. Cache passes: a batch holds whole clusters, at
 most ``batch_size`` contexts in all (one cluster of more contexts runs alone, its suffixes in
 several passes from copies of the stem's cache), and its continuations are scored
-``batch_size`` rows per pass from copies of the contexts' cache; stems and suffixes are left-
-padded in their passes (the padding between a stem and its suffix is masked out, and position
-ids count real tokens only), so each context's last token sits in the last column. Either way,
-batches are cut where padding would pass ``MAX_PADDING`` of their tokens.
+``batch_size`` rows per pass from copies of the contexts' cache; stems and suffixes are
+left-padded in their passes (the padding between a stem and its suffix is masked out, and
+position ids count real tokens only), so each context's last token sits in the last column.
+Either way, batches are cut where padding would pass ``MAX_PADDING`` of their tokens.
 
 ``batch_size=auto`` and ``auto:N`` run ``hf``'s probe (the largest of ``max_batch_size``,
 0.9 times that, ... that runs rows of the longest request 5 times) at the same fractions of the
