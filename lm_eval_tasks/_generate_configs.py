@@ -539,36 +539,26 @@ def yaml_text(config: dict) -> str:
 def expected_files() -> dict[Path, str]:
     """Every generated file, relative to lm_eval_tasks/, with its content."""
     files: dict[Path, str] = {}
-    for group, (subset, categories) in GROUPS.items():
+
+    def add_group(group: str, template: str, utils: str, readme: str) -> None:
+        subset, categories = group_source(group)
         folder = Path(group)
-        files[folder / "_template_yaml"] = TEMPLATE
-        files[folder / "utils.py"] = UTILS
+        files[folder / "_template_yaml"] = template
+        files[folder / "utils.py"] = utils
+        files[folder / "README.md"] = readme
         for category in categories:
             name = task_name(group, category)
             files[folder / f"{name}.yaml"] = yaml_text(task_config(group, subset, category))
         files[folder / f"_{group}.yaml"] = yaml_text(group_config(group, categories))
-        readme = TASKS_DIR / folder / "README.md"
-        files[folder / "README.md"] = with_hygiene_section(readme.read_text(), group)
+
+    for group in GROUPS:
+        # The log-likelihood groups' READMEs are written by hand around a generated section.
+        readme = (TASKS_DIR / group / "README.md").read_text()
+        add_group(group, TEMPLATE, UTILS, with_hygiene_section(readme, group))
     for group in GEN_GROUPS:
-        subset, categories = group_source(group)
-        folder = Path(group)
-        files[folder / "_template_yaml"] = GEN_TEMPLATE
-        files[folder / "utils.py"] = GEN_UTILS
-        files[folder / "README.md"] = gen_readme(group)
-        for category in categories:
-            name = task_name(group, category)
-            files[folder / f"{name}.yaml"] = yaml_text(task_config(group, subset, category))
-        files[folder / f"_{group}.yaml"] = yaml_text(group_config(group, categories))
+        add_group(group, GEN_TEMPLATE, GEN_UTILS, gen_readme(group))
     for group in AB_GROUPS:
-        subset, categories = group_source(group)
-        folder = Path(group)
-        files[folder / "_template_yaml"] = AB_TEMPLATE
-        files[folder / "utils.py"] = UTILS
-        files[folder / "README.md"] = ab_readme(group)
-        for category in categories:
-            name = task_name(group, category)
-            files[folder / f"{name}.yaml"] = yaml_text(task_config(group, subset, category))
-        files[folder / f"_{group}.yaml"] = yaml_text(group_config(group, categories))
+        add_group(group, AB_TEMPLATE, UTILS, ab_readme(group))
     return files
 
 
