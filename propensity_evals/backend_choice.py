@@ -69,8 +69,10 @@ def _hub_config_file(repo_id: str, revision: str) -> str | None:
         return None
 
 
-def choose_backend(requested: str, model: str, revision: str = "", mode: str = "loglik") -> str:
-    """The lm-eval model class for ``model``.
+def choose_backend(
+    requested: str, model: str, revision: str = "", mode: str = "loglik", config: dict | None = None
+) -> str:
+    """The lm-eval model class for ``model`` (``config``: its config.json, if already read).
 
     Log-likelihood mode: ``hf-mlm`` in place of the default ``hf-prefix`` when the model is a
     masked LM; every other request as given, except ``hf`` on a masked LM, which lm-eval
@@ -89,7 +91,9 @@ def choose_backend(requested: str, model: str, revision: str = "", mode: str = "
         )
     if requested == MASKED_LM_BACKEND:
         return requested
-    architecture = masked_lm_architecture(read_config(model, revision) or {})
+    if config is None:
+        config = read_config(model, revision)
+    architecture = masked_lm_architecture(config or {})
     if architecture is None:
         return STOCK_BACKEND if generate else requested
     if generate:

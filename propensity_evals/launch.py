@@ -39,6 +39,7 @@ from propensity_evals.anthropic_data import DATASET_DIR_NAME, missing_or_modifie
 from propensity_evals.audit import relabels_sha256
 from propensity_evals.backend_choice import (
     DEFAULT_BACKEND,
+    STOCK_BACKEND,
     BackendChoiceError,
     choose_backend,
     read_config,
@@ -425,8 +426,12 @@ def settle_mode(args: argparse.Namespace, model: str) -> None:
         # The model class, chosen once (it reads the model's config): a masked LM gets hf-mlm,
         # generate mode stock hf; a masked LM asked to write is refused here, before generate
         # mode reads its context length. (eval_api's backend is never replaced.)
+        # The model's config.json, read once: the class choice and hf-prefix's scoring path
+        # (run_spec) both need it; a server's model (eval_api, vllm) is never looked up.
+        looked_up = args.backend in (DEFAULT_BACKEND, STOCK_BACKEND)
+        args.model_config = read_config(model, args.revision) if looked_up else None
         args.chosen_backend = choose_backend(
-            args.backend, model, args.revision, args.mode.strip() or "loglik"
+            args.backend, model, args.revision, args.mode.strip() or "loglik", args.model_config
         )
     except BackendChoiceError as error:
         raise LaunchError(str(error)) from None
@@ -486,7 +491,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         prompt_opens_think=settings.prompt_opens_think,
         thinking_closure=closure,
         scoring=(
-            scoring_of_run(read_config(model, args.revision), args.model_args)
+            scoring_of_run(args.model_config, args.model_args)
             if args.chosen_backend == DEFAULT_BACKEND
             else ""
         ),
