@@ -17,11 +17,18 @@ from pathlib import Path
 import pytest
 
 from propensity_evals import anthropic_data, default_model
+from propensity_evals.task_docs import DATA_DIR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_ENV = "ANTHROPIC_EVALS_MIRROR"
 BOTH_GROUPS = "anthropic_propensity_human_written,anthropic_propensity_lm_written"
 ALL_GROUPS = BOTH_GROUPS + ",anthropic_propensity_human_written_audited"
+
+
+# `make test` exports the checkout's data folder as $PROPENSITY_DATA_DIR (the Makefile does so
+# for every target). It would override the folder a test hands a loader, and a clean clone has
+# no data/ there: each test names its own folder (the `data_dir` fixture) instead.
+os.environ.pop(DATA_DIR_ENV, None)
 
 
 def mirror_root() -> Path:
