@@ -48,7 +48,10 @@ the longest request (what ``hf``'s pass would hold, and what ``auto`` measures).
 
 Which models share at all is an allow-list (:mod:`propensity_evals.shared_scoring`): a model
 type or attention kernel not shown exact against ``hf`` is scored per option by ``HFLM``'s
-own code, with one line saying so.
+own code, with one line saying so. On top of it, the first batch scored the shared way is
+checked against ``hf``'s per-option scores of a few of its requests
+(:mod:`propensity_evals.self_check`); on a mismatch the run scores everything per option
+and says so. ``self_check=False`` in the model args skips the check.
 
 What stays exactly as in ``hf``:
 
@@ -99,6 +102,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import clear_torch_cache
 from tqdm import tqdm
 
+from propensity_evals import self_check
 from propensity_evals.chat_rendering import ClosedThinkingChatMixin
 from propensity_evals.shared_scoring import PER_OPTION, model_type_of, refusal
 from propensity_evals.token_trees import TokenTree, build_tree
@@ -122,10 +126,13 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
     where the model's attention takes one (``sdpa``, ``eager``), else ``cache``;
     ``cache`` always runs stems, suffixes and continuations as passes on KV caches."""
 
-    def __init__(self, *args, sharing: str = "tree", **kwargs):
+    def __init__(self, *args, sharing: str = "tree", self_check: bool | str = True, **kwargs):
         if sharing not in ("tree", "cache"):
             raise ValueError(f"hf-prefix: sharing={sharing!r}: use sharing=tree or sharing=cache")
         self.sharing = sharing
+        # The first shared batch is checked against hf's per-option scores (self_check.py);
+        # self_check=False skips that (the tests of the pass structure log shared passes only).
+        self._self_check_pending = str(self_check).lower() not in ("false", "0", "no")
         super().__init__(*args, **kwargs)
 
     def _loglikelihood_tokens(
@@ -212,9 +219,23 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
             batches = _pack(clusters, row_limit, lambda cluster: len(cluster.groups), _padding)
             score = self._score_batch
         for batch, limit in batches:
-            contexts = [group for cluster in batch for group in cluster.groups]
-            for (_, conts), answers in zip(contexts, score(batch, limit), strict=True):
-                for indices, answer in zip(conts.values(), answers, strict=True):
+            per_cluster = _by_cluster(batch, score(batch, limit))
+            if self._self_check_pending:
+                self._self_check_pending = False
+                reason = self._self_check(requests, per_cluster, limit)
+                if reason is not None:
+                    # Nothing shared has been returned or cached yet: all of it goes to hf.
+                    pbar.close()
+                    if override_bs is None and self.batch_size == "auto":
+                        override_bs = self._probe_rows(self.max_length)
+                    scored = super()._loglikelihood_tokens(
+                        [requests[i] for i in shared], disable_tqdm, override_bs=override_bs
+                    )
+                    for i, answer in zip(shared, scored, strict=True):
+                        results[i] = answer
+                    return results  # type: ignore[return-value]
+            for pairs in per_cluster:
+                for indices, answer in pairs:
                     for i in indices:
                         results[i] = answer
                         # Cached as each batch finishes, as hf does: a run that stops later
@@ -224,6 +245,29 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
                     pbar.update(len(indices))
         pbar.close()
         return results  # type: ignore[return-value]
+
+    def _self_check(
+        self, requests: list[Request], per_cluster: list[list[tuple[list[int], tuple]]], limit
+    ) -> str | None:
+        """Score a sample of the first batch's requests per option with hf's own code and
+        compare (self_check.py). On a mismatch, say so once and share nothing from here on
+        (this call and every later one); return the reason, else None."""
+        picked = self_check.sample([[indices[0] for indices, _ in pairs] for pairs in per_cluster])
+        shared = {indices[0]: answer for pairs in per_cluster for indices, answer in pairs}
+        per_option = super()._loglikelihood_tokens(
+            [requests[i] for i in picked], disable_tqdm=True, override_bs=min(limit, len(picked))
+        )
+        dtype = self.mixed_precision_dtype or self.model.dtype
+        reason = self_check.disagreement([shared[i] for i in picked], per_option, dtype)
+        if reason is not None:
+            self._refusal = reason
+            if self.rank == 0:
+                logger.warning(
+                    "hf-prefix: %s; scoring %s from here on, as lm-eval's hf does",
+                    reason,
+                    PER_OPTION,
+                )
+        return reason
 
     # -- when and how much to share --------------------------------------------------------
 
@@ -738,6 +782,22 @@ def _pack(
         rows += cluster.rows
     if batch:
         yield batch, limit
+
+
+def _by_cluster(
+    batch: list[Cluster], answers: list[list[tuple[float, bool]]]
+) -> list[list[tuple[list[int], tuple[float, bool]]]]:
+    """Per cluster of ``batch``, (indices of the requests asking, answer) for each of its
+    requests; ``answers``: per context in the batch, one answer per continuation."""
+    per_context = iter(answers)
+    return [
+        [
+            (indices, answer)
+            for _, conts in cluster.groups
+            for indices, answer in zip(conts.values(), next(per_context), strict=True)
+        ]
+        for cluster in batch
+    ]
 
 
 def _chunks(groups: list[Group], limit: int) -> Iterator[range]:

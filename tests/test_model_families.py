@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoTokenizer
 
+from propensity_evals import self_check
 from propensity_evals.prefix_sharing_lm import PrefixSharingLM
 from propensity_evals.prompts import continuations, render_context
 from propensity_evals.shared_scoring import VERIFIED_MODEL_TYPES
@@ -117,6 +119,10 @@ def test_verified_families_share_prefixes_and_match_hf(folders, requests, family
         for kind in KINDS:
             scored = ours.loglikelihood(requests[kind], disable_tqdm=True)
             assert_same(scored, ref[kind], f"{family}, {sharing}, {kind}")
+        # The start-up self-check ran on the first call and found the shared way exact (had it
+        # fallen back, the numbers above would be hf's own and prove nothing).
+        assert not ours._self_check_pending
+        assert ours._can_share_prefixes(), f"{family}, {sharing}: the self-check fell back"
 
 
 @pytest.mark.parametrize("family", sorted(UNVERIFIED_CONFIGS))
@@ -131,6 +137,56 @@ def test_other_families_are_scored_per_option_as_hf_does(folders, requests, fami
     assert len(said) == 1 and "not verified" in said[0], said
     for kind in KINDS:
         assert_same(scored[kind], ref[kind], f"{family}, {kind}")
+
+
+# -- the start-up self-check ----------------------------------------------------------------
+
+
+def test_the_self_check_scores_per_option_where_sharing_turns_out_inexact(
+    folders, requests, monkeypatch, caplog
+):
+    """A listed family can still be inexact under another transformers or a setting the
+    tests never saw. LFM2 stands in for it: really inexact when shared (its convolutions read
+    the row in order), put on the allow-list for this test."""
+    folder = folders("lfm2")
+    ref = reference(folder, requests)
+    monkeypatch.setitem(VERIFIED_MODEL_TYPES, "lfm2", "LFM2 (listed for this test only)")
+    ours = PrefixSharingLM(pretrained=folder, device="cpu", batch_size=4)
+    assert ours._can_share_prefixes() and ours._can_use_tree_masks()
+    with caplog.at_level("WARNING"):
+        scored = {kind: ours.loglikelihood(requests[kind], disable_tqdm=True) for kind in KINDS}
+    said = [r.getMessage() for r in caplog.records if "hf-prefix" in r.getMessage()]
+    assert len(said) == 1 and "self-check" in said[0] and "per option" in said[0], said
+    assert not ours._can_share_prefixes()
+    for kind in KINDS:
+        assert_same(scored[kind], ref[kind], f"lfm2 under the self-check, {kind}")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_self_check_passes_a_verified_family_in_half_precision(
+    folders, requests, dtype, caplog
+):
+    """Half precision rounds the shared and per-option log-likelihoods apart (0.5 nats at
+    -86 in bfloat16, one unit in the last place): the check allows for that and keeps
+    sharing."""
+    folder = folders("llama")
+    ours = PrefixSharingLM(pretrained=folder, device="cpu", batch_size=4, dtype=dtype)
+    with caplog.at_level("WARNING"):
+        ours.loglikelihood(requests["chat"], disable_tqdm=True)
+    assert not ours._self_check_pending
+    assert ours._can_share_prefixes()
+    assert not [r for r in caplog.records if "self-check" in r.getMessage()]
+    # Over every request, not just the sample the check took: the rounding differences are
+    # real (above the float32 allowance) and within what the check allows.
+    kind = "cyclic"
+    shared = PrefixSharingLM(
+        pretrained=folder, device="cpu", batch_size=4, dtype=dtype, self_check=False
+    ).loglikelihood(requests[kind], disable_tqdm=True)
+    per_option = HFLM(pretrained=folder, device="cpu", batch_size=8, dtype=dtype).loglikelihood(
+        requests[kind], disable_tqdm=True
+    )
+    assert max(abs(a[0] - b[0]) for a, b in zip(shared, per_option, strict=True)) > 1e-3
+    assert self_check.disagreement(shared, per_option, getattr(torch, dtype)) is None
 
 
 # -- through `make eval_cpu`, as a user runs it ---------------------------------------------
@@ -169,7 +225,7 @@ def test_make_eval_cpu_matches_backend_hf_in_chat_mode_with_every_order(
     log = (tmp_path / "hf-prefix" / "make.log").read_text()
     if shared:
         assert info["scoring"] == "shared prefixes"
-        assert "not verified" not in log
+        assert "not verified" not in log and "self-check" not in log
     else:
         assert info["scoring"].startswith("per option") and repr(family) in info["scoring"]
         assert "not verified exact" in log
