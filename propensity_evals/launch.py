@@ -491,7 +491,7 @@ def run_spec(args: argparse.Namespace, model: str, label: str, closure: str = ""
         prompt_opens_think=settings.prompt_opens_think,
         thinking_closure=closure,
         scoring=(
-            scoring_of_run(args.model_config, args.model_args)
+            scoring_of_run(args.model_config, lm_eval_model_args(args.model_args, args.extra))
             if args.chosen_backend == DEFAULT_BACKEND
             else ""
         ),

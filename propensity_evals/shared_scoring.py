@@ -74,18 +74,12 @@ def scoring(model_type: str | None, attention: str | None) -> str:
     return SHARED if reason is None else f"{PER_OPTION} ({reason})"
 
 
-def scoring_of_run(config: dict | None, model_args: str) -> str:
+def scoring_of_run(config: dict | None, model_args: dict) -> str:
     """``scoring`` for an ``hf-prefix`` run of a model with this ``config.json`` (None: it
-    could not be read before the run; the model class decides when it has loaded it)."""
+    could not be read before the run; the model class decides when it has loaded it), loaded
+    with these model arguments (the launcher's merged with any ``--model_args`` in
+    ``EXTRA_ARGS``, as lm-eval merges them)."""
     if config is None:
         return "decided when the model loads (config.json not readable beforehand)"
-    return scoring(model_type_of(config), attention_in_model_args(model_args))
-
-
-def attention_in_model_args(model_args: str) -> str | None:
-    """``attn_implementation=...`` from lm-eval's ``--model_args`` string, if given."""
-    for part in model_args.split(","):
-        key, _, value = part.partition("=")
-        if key.strip() == "attn_implementation" and value.strip():
-            return value.strip()
-    return None
+    attention = model_args.get("attn_implementation")
+    return scoring(model_type_of(config), str(attention) if attention else None)

@@ -99,6 +99,32 @@ def test_bad_input_gets_one_clear_line(data_dir, variables, expected):
     assert expected in one_error_line(result)
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", None),
+        ("--model_args attn_implementation=eager", None),
+        (
+            "--model_args attn_implementation=flash_attention_2",
+            "note: hf-prefix: per option (attention 'flash_attention_2' is not verified exact",
+        ),
+    ],
+)
+def test_an_attention_kernel_in_extra_args_decides_the_recorded_scoring(data_dir, extra, expected):
+    """lm-eval loads the model with EXTRA_ARGS' --model_args too: the scoring the run records
+    (and the line saying it is per option) must follow them."""
+    result = make(
+        "eval_cpu", "DRY_RUN=1", f"EXTRA_ARGS={extra}",
+        env={"PROPENSITY_DATA_DIR": str(data_dir)}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "per option" in line]
+    if expected is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(expected), notes
+
+
 def test_missing_data_says_to_run_make_data(tmp_path):
     result = make("eval_cpu", "DRY_RUN=1", env={"PROPENSITY_DATA_DIR": str(tmp_path)}, check=False)
     assert "run `make data`" in one_error_line(result)
