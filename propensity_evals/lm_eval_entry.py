@@ -10,9 +10,15 @@ either of its forms::
     python -m propensity_evals.lm_eval_entry run --model hf-prefix --model_args ... --tasks ...
     python -m propensity_evals.lm_eval_entry --model hf-prefix --model_args ... --tasks ...
     accelerate launch -m propensity_evals.lm_eval_entry --model hf-prefix ...   # data parallel
+
+When ``--tasks`` names this pack's tasks alone, lm-eval indexes ``--include_path`` without its
+own built-in tasks, which it has no use for (:func:`index_the_include_path_only`).
 """
 
 from __future__ import annotations
+
+import functools
+import sys
 
 import propensity_evals.chat_api_lm  # noqa: F401  (registers openai-compatible-chat)
 import propensity_evals.masked_lm  # noqa: F401  (registers hf-mlm)
@@ -34,11 +40,49 @@ def tolerate_missing_sample_metrics() -> None:
     wandb_logger.WandbLogger._generate_dataset = generate_dataset
 
 
+def only_pack_tasks(argv: list[str]) -> bool:
+    """Whether ``--tasks`` names this pack's tasks and groups alone (the launcher never names
+    another: catalog.resolve_tasks refuses them)."""
+    import argparse
+
+    from propensity_evals.catalog import UnknownTaskError, resolve_tasks
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--tasks", "-t")
+    known, _ = parser.parse_known_args(argv)
+    if not known.tasks:
+        return False
+    try:
+        resolve_tasks(known.tasks)
+    except UnknownTaskError:
+        return False
+    return True
+
+
+def index_the_include_path_only() -> None:
+    """lm-eval's task manager indexes its ~14,700 built-in task configs on every start (about
+    7 s on 2 CPU cores) as well as ``--include_path``. A run of this pack's tasks needs none of
+    them, so its task managers index ``--include_path`` alone (where one is given)."""
+    from lm_eval.tasks import manager
+
+    original = manager.TaskManager.__init__
+
+    @functools.wraps(original)
+    def init(self, verbosity=None, include_path=None, include_defaults=None, metadata=None):
+        if include_defaults is None:
+            include_defaults = include_path is None
+        original(self, verbosity, include_path, include_defaults, metadata)
+
+    manager.TaskManager.__init__ = init
+
+
 def main() -> None:
     # Imported here so that importing this module (e.g. to check it) does not set up logging.
     from lm_eval.__main__ import cli_evaluate
 
     tolerate_missing_sample_metrics()
+    if only_pack_tasks(sys.argv[1:]):
+        index_the_include_path_only()
     cli_evaluate()  # reads sys.argv, as `lm_eval` / `lm-eval` do
 
 

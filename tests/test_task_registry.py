@@ -90,3 +90,32 @@ def test_yaml_files_are_what_the_generator_writes():
             assert yaml.safe_load((folder / name).read_text()) == config, name
         for required in ("_template_yaml", "utils.py", "README.md"):
             assert (folder / required).is_file(), f"{group}/{required}"
+
+
+def test_a_run_of_pack_tasks_indexes_the_pack_alone(monkeypatch):
+    """lm_eval_entry spares lm-eval the index of its built-in tasks (seconds per run) when
+    --tasks names this pack's tasks alone, and only then."""
+    from lm_eval.tasks import TaskManager, manager
+
+    from propensity_evals import lm_eval_entry
+
+    ours = "anthropic_propensity_human_written_audited,anthropic_propensity_lm_written_ab"
+    assert lm_eval_entry.only_pack_tasks(["--model", "hf", "--tasks", ours, "--limit", "2"])
+    assert not lm_eval_entry.only_pack_tasks(["--tasks", f"{ours},hellaswag"])
+    builtin = "advanced_ai_risk_human-survival-instinct"
+    assert not lm_eval_entry.only_pack_tasks(["--tasks", builtin])
+    assert not lm_eval_entry.only_pack_tasks(["--model", "hf"])
+
+    # Put back at teardown: the change is for lm_eval_entry's own process.
+    monkeypatch.setattr(manager.TaskManager, "__init__", manager.TaskManager.__init__)
+    lm_eval_entry.index_the_include_path_only()
+    pack = TaskManager(include_path=str(TASKS_DIR))
+    every = tasks_by_group() | gen_tasks_by_group() | ab_tasks_by_group()
+    names = set(every) | {task for tasks in every.values() for task in tasks}
+    # The catalogue's names and the shared template's helper entries, nothing of lm-eval's.
+    assert names <= set(pack.all_tasks)
+    assert not [name for name in pack.all_tasks if name.startswith("advanced_ai_risk")]
+    assert all(TASKS_DIR in Path(pack.task_index[name].yaml_path).resolve().parents
+               for name in names)  # fmt: skip
+    # A caller that asks for lm-eval's own tasks gets them.
+    assert "hellaswag" in TaskManager(include_path=str(TASKS_DIR), include_defaults=True).all_tasks
