@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import torch
 
-# Requests taken from each of the two clusters checked, spread over the cluster (its first
-# and last request among them, so a rotated order's branch of the trie is checked too):
-# bounds the check's cost to a pass or two of per-option rows, about a second for SmolLM2 on a
-# CPU, even where every cyclic order of an eight-option question is one cluster.
-REQUESTS_PER_CLUSTER = 4
+# Requests taken from each of the two clusters checked: its first and its last (in a cyclic
+# run, the written order's first option and the last rotation's last one, so a rotated
+# branch of the trie is checked too). Bounds the check to one pass of per-option rows, 1-2 s
+# for SmolLM2 on 2 CPU cores (BENCHMARKS.md), even where a cluster is every cyclic order of
+# an eight-option question.
+REQUESTS_PER_CLUSTER = 2
 
 # Differences seen between the two ways on verified families (tests/test_model_families.py
 # and benchmarks): ~4e-5 in float32; in bfloat16 and float16, up to the rounding of the
