@@ -151,15 +151,8 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
         shared = [i for i, req in enumerate(requests) if self._fits_without_truncation(req)]
         rest = sorted(set(range(len(requests))) - set(shared))
         if rest:
-            # Requests hf would left-truncate (or that are malformed) get hf's own treatment,
-            # with a batch size from our probe: hf's own detection would gather across ranks.
-            if override_bs is None and self.batch_size == "auto":
-                override_bs = self._probe_rows(self.max_length)
-            scored = super()._loglikelihood_tokens(
-                [requests[i] for i in rest], disable_tqdm, override_bs=override_bs
-            )
-            for i, answer in zip(rest, scored, strict=True):
-                results[i] = answer
+            # Requests hf would left-truncate (or that are malformed) get hf's own treatment.
+            override_bs = self._score_per_option(requests, rest, results, disable_tqdm, override_bs)
         if not shared:
             return results  # type: ignore[return-value]
 
@@ -226,13 +219,7 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
                 if reason is not None:
                     # Nothing shared has been returned or cached yet: all of it goes to hf.
                     pbar.close()
-                    if override_bs is None and self.batch_size == "auto":
-                        override_bs = self._probe_rows(self.max_length)
-                    scored = super()._loglikelihood_tokens(
-                        [requests[i] for i in shared], disable_tqdm, override_bs=override_bs
-                    )
-                    for i, answer in zip(shared, scored, strict=True):
-                        results[i] = answer
+                    self._score_per_option(requests, shared, results, disable_tqdm, override_bs)
                     return results  # type: ignore[return-value]
             for pairs in per_cluster:
                 for indices, answer in pairs:
@@ -245,6 +232,22 @@ class PrefixSharingLM(ClosedThinkingChatMixin, HFLM):
                     pbar.update(len(indices))
         pbar.close()
         return results  # type: ignore[return-value]
+
+    def _score_per_option(
+        self, requests: list[Request], indices: list[int], results: list, disable_tqdm: bool,
+        override_bs: int | None,
+    ) -> int | None:  # fmt: skip
+        """``requests[i]`` for each i in ``indices`` scored by hf's own code, into
+        ``results[i]``; returns the batch size it used. With ``auto``, the size comes from our
+        probe: hf's own detection would gather across ranks."""
+        if override_bs is None and self.batch_size == "auto":
+            override_bs = self._probe_rows(self.max_length)
+        scored = super()._loglikelihood_tokens(
+            [requests[i] for i in indices], disable_tqdm, override_bs=override_bs
+        )
+        for i, answer in zip(indices, scored, strict=True):
+            results[i] = answer
+        return override_bs
 
     def _self_check(
         self, requests: list[Request], per_cluster: list[list[tuple[list[int], tuple]]], limit

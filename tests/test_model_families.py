@@ -210,16 +210,21 @@ def numbers(value) -> list[float]:
     return [x for item in value for x in numbers(item)]
 
 
+# The paper's plain format, and a chat template with a system prompt; every order both ways.
+PROMPTS = {"plain": {}, "chat": {"CHAT_TEMPLATE": "1", "SYSTEM_PROMPT": SYSTEM_PROMPT}}
+
+
+@pytest.mark.parametrize("prompt", sorted(PROMPTS))
 @pytest.mark.parametrize(("family", "shared"), [("llama", True), ("lfm2", False)])
-def test_make_eval_cpu_matches_backend_hf_in_chat_mode_with_every_order(
-    tmp_path, data_dir, folders, family, shared
+def test_make_eval_cpu_matches_backend_hf_with_every_order(
+    tmp_path, data_dir, folders, family, shared, prompt
 ):
     model = folders(family)
     runs = {}
     for backend in ("hf-prefix", "hf"):
         runs[backend] = run_eval(
             tmp_path / backend, data_dir, MODEL=model, BACKEND=backend, TASKS=TASK, LIMIT="2",
-            CHAT_TEMPLATE="1", SYSTEM_PROMPT=SYSTEM_PROMPT, ORDERS="cyclic", WANDB_MODE="disabled",
+            ORDERS="cyclic", WANDB_MODE="disabled", **PROMPTS[prompt],
         )  # fmt: skip
     info = json.loads((runs["hf-prefix"] / "run_info.json").read_text())
     log = (tmp_path / "hf-prefix" / "make.log").read_text()
