@@ -11,11 +11,12 @@ random sample. The group README documents the method and the counts.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from propensity_evals.line_tables import read_line_table
 
 RELABELS_FILE = "relabels.csv"
 BLIND_READ_FILE = "blind_read.csv"
@@ -51,32 +52,15 @@ def question_sha256(question: str) -> str:
 
 def load_relabels(path: Path | None = None) -> dict[tuple[str, int], Relabel]:
     """(file, line) -> its audited label."""
-    path = Path(path or audit_path())
-    relabels: dict[tuple[str, int], Relabel] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != COLUMNS:
-            raise RelabelError(f"{path}: the header must be {','.join(COLUMNS)}")
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                item = Relabel(
-                    file=row["file"],
-                    line=int(row["line"]),
-                    question_sha256=row["question_sha256"],
-                    upstream=row["upstream"],
-                    audited=row["audited"],
-                    reason=row["reason"],
-                )
-            except (TypeError, ValueError) as error:
-                raise RelabelError(f"{path}:{lineno}: {error}") from None
-            if not (item.audited == DROP or (len(item.audited) == 1 and item.audited.isupper())):
-                raise RelabelError(f"{path}:{lineno}: audited label {item.audited!r} is not a "
-                                   "letter or 'drop'")  # fmt: skip
-            key = (item.file, item.line)
-            if key in relabels:
-                raise RelabelError(f"{path}:{lineno}: {item.file}:{item.line} is listed twice")
-            relabels[key] = item
-    return relabels
+
+    def relabel(row: dict[str, str]) -> Relabel:
+        item = Relabel(row["file"], int(row["line"]), row["question_sha256"], row["upstream"],
+                       row["audited"], row["reason"])  # fmt: skip
+        if not (item.audited == DROP or (len(item.audited) == 1 and item.audited.isupper())):
+            raise ValueError(f"audited label {item.audited!r} is not a letter or 'drop'")
+        return item
+
+    return read_line_table(Path(path or audit_path()), COLUMNS, relabel, RelabelError)
 
 
 def relabels_of_file(relpath: str, path: Path | None = None) -> dict[int, Relabel]:

@@ -17,6 +17,8 @@ from dataclasses import astuple, dataclass
 from importlib import resources
 from pathlib import Path
 
+from propensity_evals.line_tables import read_line_table
+
 EXCLUDED_FILE = "excluded.csv"
 COUNTS_FILE = "counts.csv"
 COLUMNS = ["file", "line", "question_sha256", "rule", "reason"]
@@ -45,23 +47,12 @@ def exclusions_sha256(path: Path | None = None) -> str:
 
 def load_exclusions(path: Path | None = None) -> dict[tuple[str, int], Exclusion]:
     """(file, line) -> its exclusion."""
-    path = Path(path or hygiene_path())
-    found: dict[tuple[str, int], Exclusion] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != COLUMNS:
-            raise ExclusionError(f"{path}: the header must be {','.join(COLUMNS)}")
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                item = Exclusion(row["file"], int(row["line"]), row["question_sha256"],
-                                 row["rule"], row["reason"])  # fmt: skip
-            except (TypeError, ValueError) as error:
-                raise ExclusionError(f"{path}:{lineno}: {error}") from None
-            key = (item.file, item.line)
-            if key in found:
-                raise ExclusionError(f"{path}:{lineno}: {item.file}:{item.line} is listed twice")
-            found[key] = item
-    return found
+
+    def exclusion(row: dict[str, str]) -> Exclusion:
+        return Exclusion(row["file"], int(row["line"]), row["question_sha256"], row["rule"],
+                         row["reason"])  # fmt: skip
+
+    return read_line_table(Path(path or hygiene_path()), COLUMNS, exclusion, ExclusionError)
 
 
 def exclusions_of(relpath: str, path: Path | None = None) -> dict[int, Exclusion]:
