@@ -63,9 +63,14 @@ def index_the_include_path_only() -> None:
     """lm-eval's task manager indexes its ~14,700 built-in task configs on every start (about
     7 s on 2 CPU cores) as well as ``--include_path``. A run of this pack's tasks needs none of
     them, so its task managers index ``--include_path`` alone (where one is given)."""
+    import inspect
+
     from lm_eval.tasks import manager
 
     original = manager.TaskManager.__init__
+    expected = ["self", "verbosity", "include_path", "include_defaults", "metadata"]
+    if list(inspect.signature(original).parameters) != expected:
+        return  # another lm-eval than the pinned one: its own index, as it is
 
     @functools.wraps(original)
     def init(self, verbosity=None, include_path=None, include_defaults=None, metadata=None):
