@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import resource
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix_sharing import (  # noqa: E402
     DEFAULT_OUTPUT,
     GROUP,
+    child,
     evaluate_group,
     machine,
     spawn,
@@ -161,8 +161,7 @@ def render(args, original: dict, cyclic: dict, stock: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        Path(argv[2]).write_text(json.dumps(run_one(json.loads(argv[1]))))
+    if child(argv, run_one):
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=15, help="questions per task (sample)")

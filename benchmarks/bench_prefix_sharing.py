@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from propensity_evals.option_orders import rotations
@@ -416,10 +417,18 @@ def update_markdown(path: Path, section: str, body: str) -> None:
     path.write_text(text)
 
 
+def child(argv: list[str], run: Callable[[dict], dict]) -> bool:
+    """Whether this process is a benchmark's child (``--child SPEC OUT``, started by
+    :func:`spawn`): if so, ``run(spec)``'s result has been written to OUT as JSON."""
+    if argv[:1] != ["--child"]:
+        return False
+    Path(argv[2]).write_text(json.dumps(run(json.loads(argv[1]))))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        Path(argv[2]).write_text(json.dumps(run_one(json.loads(argv[1]))))
+    if child(argv, run_one):
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
